@@ -1,0 +1,121 @@
+"""Building blocks shared by every family: rounding rules, conv-BN-activation, squeeze-excite, drop-path."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal, Optional, Tuple, Union
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+IntPair = Union[int, Tuple[int, int]]
+PaddingMode = Literal["same", "symmetric"]
+PADDING_MODES = ("same", "symmetric")
+ActLayer = Optional[Callable[[], nn.Layer]]
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None, guard: bool = True) -> int:
+    """Round `value` to the nearest multiple of `divisor`, never below `min_value` (default: `divisor`).
+
+    With `guard` (EfficientNet-V1, MobileNet, MicroNet) a result more than 10% below `value` is bumped up
+    by one `divisor`; EfficientNetV2 rounds without that guard.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if guard and rounded < 0.9 * value:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats: int, multiplier: float) -> int:
+    """Depth scaling: number of blocks in a stage after multiplying by `multiplier`, rounded up."""
+    return int(math.ceil(multiplier * repeats))
+
+
+def _pair(value: IntPair) -> Tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def conv_padding(kernel_size: IntPair, stride: IntPair, mode: PaddingMode) -> Union[str, Tuple[int, int]]:
+    """Padding argument for `nn.Conv2D`.
+
+    "same" is TensorFlow's SAME: the output is ceil(input / stride) and any odd total padding goes to the
+    bottom/right. Paddle's `padding="SAME"` computes that from the actual input at run time (and exports as
+    such), so it is right at every input size. Where SAME is symmetric for every input (stride 1, odd
+    kernel) the explicit `k // 2` is used instead. "symmetric" is PyTorch-style `k // 2` on both sides.
+    """
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding must be one of {PADDING_MODES}, got {mode!r}")
+    kernel, strides = _pair(kernel_size), _pair(stride)
+    if mode == "same" and (strides != (1, 1) or any(k % 2 == 0 for k in kernel)):
+        return "SAME"
+    return kernel[0] // 2, kernel[1] // 2
+
+
+class ConvBNAct(nn.Layer):
+    """Convolution without bias, batch norm, then an optional activation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        groups: int = 1,
+        act_layer: ActLayer = nn.Silu,
+        padding: PaddingMode = "symmetric",
+        bn_momentum: float = 0.9,
+        bn_epsilon: float = 1e-5,
+    ):
+        super().__init__()
+        self.conv = nn.Conv2D(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=conv_padding(kernel_size, stride, padding),
+            groups=groups,
+            bias_attr=False,
+        )
+        self.bn = nn.BatchNorm2D(out_channels, momentum=bn_momentum, epsilon=bn_epsilon)
+        self.act = act_layer() if act_layer is not None else nn.Identity()
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class SqueezeExcite(nn.Layer):
+    """Channel attention: global average -> 1x1 reduce -> activation -> 1x1 expand -> sigmoid gate."""
+
+    def __init__(self, channels: int, reduced_channels: int, act_layer: Callable[[], nn.Layer] = nn.Silu):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2D(1)
+        self.reduce = nn.Conv2D(channels, reduced_channels, 1)
+        self.act = act_layer()
+        self.expand = nn.Conv2D(reduced_channels, channels, 1)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        scale = self.expand(self.act(self.reduce(self.pool(x))))
+        return x * F.sigmoid(scale)
+
+
+class DropPath(nn.Layer):
+    """Stochastic depth: in training, zero the whole residual branch of a sample with probability `rate`
+    and scale the kept ones by 1 / (1 - rate); identity in evaluation."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop-path rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = paddle.bernoulli(paddle.full_like(x[:, :1, :1, :1], keep))
+        return x * (mask / keep)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.4f}"
+

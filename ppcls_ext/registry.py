@@ -1,0 +1,189 @@
+"""Model names (PaddleClas's) -> builder and per-model defaults: image sizes, eval crop, normalisation,
+regularisation and the official weights."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
+
+import paddle.nn as nn
+
+from .models import (
+    EFFICIENTNET_SCALING,
+    EFFICIENTNET_V2_VARIANTS,
+    MICRONET_SPECS,
+    FeatureExtractor,
+    ImageClassifier,
+    efficientnet_v2,
+    efficientnet_variant,
+    micronet,
+)
+from .weights import load_pretrained
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OFFICIAL_WEIGHTS = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/{}_pretrained.pdparams"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Defaults of one model. The eval preprocessing is the one its official weights were evaluated with:
+    `crop_mode` "resize_short" resizes the short side to `resize_short` then center-crops `eval_size`
+    (ResizeImage + CropImage); "crop_at_ratio" center-crops `crop_pct` of the image then resizes it to
+    `eval_size` (CropImageAtRatio, as EfficientNetV2 and the official TF code do)."""
+
+    name: str
+    family: str
+    variant: str
+    train_size: int
+    eval_size: int
+    crop_pct: float
+    crop_mode: str
+    interpolation: str
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    dropout: float
+    drop_path_rate: float
+    weights_url: Optional[str]
+    paper_top1: Optional[float]
+
+    @property
+    def resize_short(self) -> int:
+        return int(round(self.eval_size / self.crop_pct))
+
+
+@dataclass(frozen=True)
+class _Family:
+    build: Callable[..., ImageClassifier]
+    options: FrozenSet[str]  # keyword options a user may override besides class_num
+
+
+_FAMILIES: Dict[str, _Family] = {
+    "MicroNet": _Family(micronet, frozenset({"dropout"})),
+    "EfficientNet": _Family(efficientnet_variant, frozenset({"dropout", "drop_path_rate", "padding"})),
+    "EfficientNetV2": _Family(efficientnet_v2, frozenset({"dropout", "drop_path_rate", "padding"})),
+}
+
+# Top-1 (%) on ImageNet-1k reported by the papers / official repositories. B8 is AdvProp's and L2 Noisy
+# Student's (trained with extra unlabeled JFT images); V2-XL exists only pretrained on ImageNet-21k.
+_PAPER_TOP1 = {
+    "MicroNet_M0": 46.6, "MicroNet_M1": 51.4, "MicroNet_M2": 59.4, "MicroNet_M3": 62.5,
+    "EfficientNetB0": 77.1, "EfficientNetB1": 79.1, "EfficientNetB2": 80.1, "EfficientNetB3": 81.6,
+    "EfficientNetB4": 82.9, "EfficientNetB5": 83.6, "EfficientNetB6": 84.0, "EfficientNetB7": 84.3,
+    "EfficientNetB8": 85.5, "EfficientNetL2": 88.4,
+    "EfficientNetV2_S": 83.9, "EfficientNetV2_M": 85.1, "EfficientNetV2_L": 85.7, "EfficientNetV2_XL": 87.3,
+    "EfficientNetV2_B0": 78.7, "EfficientNetV2_B1": 79.8, "EfficientNetV2_B2": 80.5, "EfficientNetV2_B3": 82.1,
+}
+_HAS_OFFICIAL_WEIGHTS = {f"MicroNet_M{i}" for i in range(4)} | {f"EfficientNetB{i}" for i in range(8)} | {
+    f"EfficientNetV2_{v}" for v in ("S", "M", "L", "XL")}
+
+
+def _config(name: str, family: str, variant: str, train_size: int, eval_size: int, crop_pct: float, crop_mode: str,
+            mean: Tuple[float, float, float], std: Tuple[float, float, float], dropout: float, drop_path_rate: float) -> ModelConfig:
+    return ModelConfig(
+        name=name, family=family, variant=variant, train_size=train_size, eval_size=eval_size, crop_pct=crop_pct,
+        crop_mode=crop_mode, interpolation="bilinear", mean=mean, std=std, dropout=dropout,
+        drop_path_rate=drop_path_rate, weights_url=OFFICIAL_WEIGHTS.format(name) if name in _HAS_OFFICIAL_WEIGHTS else None,
+        paper_top1=_PAPER_TOP1[name])
+
+
+def _build_registry() -> Dict[str, ModelConfig]:
+    configs = []
+    for variant, spec in MICRONET_SPECS.items():
+        configs.append(_config(f"MicroNet_{variant}", "MicroNet", variant, 224, 224, 0.875, "resize_short",
+                               IMAGENET_MEAN, IMAGENET_STD, spec.dropout, 0.0))
+    for variant, scaling in EFFICIENTNET_SCALING.items():
+        size = scaling.resolution
+        configs.append(_config(f"EfficientNet{variant}", "EfficientNet", variant, size, size, size / (size + 32),
+                               "resize_short", IMAGENET_MEAN, IMAGENET_STD, scaling.dropout, 0.2))
+    for variant, spec in EFFICIENTNET_V2_VARIANTS.items():
+        configs.append(_config(f"EfficientNetV2_{variant}", "EfficientNetV2", variant, spec.train_size, spec.eval_size,
+                               spec.eval_size / (spec.eval_size + 32), "crop_at_ratio", (0.5,) * 3, (0.5,) * 3,
+                               spec.dropout, 0.2))
+    return {config.name: config for config in configs}
+
+
+_REGISTRY = _build_registry()
+
+
+class UnknownModelError(KeyError, ValueError):
+    """Raised for a model name that is not in the zoo; the message lists the valid names."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def list_models(pattern: Optional[str] = None, family: Optional[str] = None) -> List[str]:
+    """Names of the zoo's models, in zoo order, optionally filtered by a glob `pattern` and a family."""
+    if family is not None and family not in _FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose from {list(_FAMILIES)}")
+    return [name for name, config in _REGISTRY.items()
+            if (pattern is None or fnmatch.fnmatchcase(name, pattern)) and (family is None or config.family == family)]
+
+
+def get_model_config(name: str) -> ModelConfig:
+    """The defaults of model `name`."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}.{hint} Available models: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def create_model(
+    name: str,
+    class_num: int = 1000,
+    pretrained: Union[bool, str] = False,
+    *,
+    features_only: bool = False,
+    out_strides: Sequence[int] = (4, 8, 16, 32),
+    **options,
+) -> nn.Layer:
+    """Build model `name` with `class_num` outputs.
+
+    pretrained: False, True (the official weights, downloaded once to the cache), or a local path / URL
+        of a `.pdparams` file in our layout or PaddleClas's. A classifier of another class count is
+        skipped (and logged); any other mismatch is an error.
+    features_only: return a `FeatureExtractor` giving the stage outputs at `out_strides` instead.
+    options: per family - dropout (all), drop_path_rate and padding ("same" / "symmetric", EfficientNets).
+    """
+    config = get_model_config(name)
+    family = _FAMILIES[config.family]
+    unknown = sorted(set(options) - family.options)
+    if unknown:
+        raise TypeError(f"{name} got unexpected option(s) {unknown}; accepted: class_num, pretrained, "
+                        f"features_only, out_strides, {', '.join(sorted(family.options))}")
+    if not isinstance(class_num, int) or isinstance(class_num, bool) or class_num < 0:
+        raise ValueError(f"class_num must be a non-negative integer, got {class_num!r}")
+    options.setdefault("dropout", config.dropout)
+    if "drop_path_rate" in family.options:
+        options.setdefault("drop_path_rate", config.drop_path_rate)
+    model = family.build(config.variant, class_num=class_num, **options)
+    if pretrained:
+        if pretrained is True:
+            if config.weights_url is None:
+                raise ValueError(f"{name} has no official pretrained weights; pass pretrained=<path or URL of a .pdparams>")
+            pretrained = config.weights_url
+        load_pretrained(model, pretrained)
+    return FeatureExtractor(model, out_strides) if features_only else model
+
+
+_PADDING_TYPES = {"SAME": "same", "DYNAMIC": "symmetric"}
+
+
+def paddleclas_arch_options(name: str, arch: Mapping[str, object]) -> Dict[str, object]:
+    """Translate the keyword arguments of a PaddleClas `Arch` section (minus `name`) into `create_model`
+    arguments: `padding_type` SAME/DYNAMIC, `include_top`, and `use_ssld` (no SSLD weights exist for
+    these models). Everything else passes through and is checked by `create_model`."""
+    options = dict(arch)
+    if options.pop("use_ssld", False):
+        raise ValueError(f"{name}: PaddleClas publishes no SSLD weights for this model; remove use_ssld")
+    if "padding_type" in options:
+        padding_type = options.pop("padding_type")
+        if padding_type not in _PADDING_TYPES:
+            raise ValueError(f"{name}: padding_type must be one of {list(_PADDING_TYPES)}, got {padding_type!r}")
+        options["padding"] = _PADDING_TYPES[padding_type]
+    if not options.pop("include_top", True):
+        options["class_num"] = 0
+    return options

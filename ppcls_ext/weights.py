@@ -1,0 +1,154 @@
+"""Loading weights into zoo models: local files or URLs (downloaded once into a cache), our layout or
+PaddleClas's, strictly checked."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Union
+
+import paddle
+
+from .models import ImageClassifier
+
+logger = logging.getLogger("ppcls_ext")
+
+PathLike = Union[str, os.PathLike]
+
+
+class WeightsDownloadError(OSError):
+    """A URL could not be fetched, or what arrived is incomplete or fails its checksum."""
+
+
+class IncompatibleWeightsError(ValueError):
+    """A checkpoint does not fit the model (missing, unexpected or mis-shaped tensors)."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: $PPCLS_EXT_HOME/weights, default ~/.cache/ppcls_ext/weights."""
+    home = os.environ.get("PPCLS_EXT_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "ppcls_ext")
+    return Path(home) / "weights"
+
+
+def is_url(source: PathLike) -> bool:
+    return str(source).startswith(("http://", "https://"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, directory: Optional[PathLike] = None, sha256: Optional[str] = None, timeout: float = 60.0) -> Path:
+    """Fetch `url` into `directory` (default `cache_dir()`) unless a file of that name is already there,
+    and return its path. The file appears only once complete: the size announced by the server and, when
+    given, the SHA-256 must match."""
+    directory = Path(directory) if directory is not None else cache_dir()
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    if not name:
+        raise WeightsDownloadError(f"cannot tell a file name from URL {url!r}")
+    target = directory / name
+    if target.exists() and (sha256 is None or _sha256(target) == sha256):
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f".{name}.{os.getpid()}.part"
+    logger.info("downloading %s to %s", url, target)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+            announced = response.headers.get("Content-Length")
+            shutil.copyfileobj(response, out, 1 << 20)
+        received = partial.stat().st_size
+        if announced is not None and received != int(announced):
+            raise WeightsDownloadError(f"download of {url} is incomplete: {received} of {announced} bytes")
+        if sha256 is not None and _sha256(partial) != sha256:
+            raise WeightsDownloadError(f"download of {url} does not match its SHA-256 {sha256}")
+        os.replace(partial, target)
+    except (urllib.error.URLError, OSError) as error:
+        if isinstance(error, WeightsDownloadError):
+            raise
+        raise WeightsDownloadError(f"could not download weights from {url}: {error}") from error
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def resolve_path(source: PathLike) -> Path:
+    """A local weights file; like PaddleClas, `name` also finds `name.pdparams`."""
+    path = Path(source)
+    if not path.is_file() and Path(f"{source}.pdparams").is_file():
+        path = Path(f"{source}.pdparams")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {source} (nor {source}.pdparams)")
+    return path
+
+
+def load_state_dict(path: PathLike) -> Dict[str, object]:
+    """Read a `.pdparams` file, checking that it holds a state dict."""
+    try:
+        state = paddle.load(str(path))
+    except Exception as error:  # paddle.load raises many types for foreign or truncated files
+        raise IncompatibleWeightsError(f"{path} is not a readable Paddle state dict (.pdparams): {error}") from error
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+        raise IncompatibleWeightsError(f"{path} does not hold a state dict (name -> tensor), got {type(state).__name__}")
+    return dict(state)
+
+
+def _shape(value: object) -> tuple:
+    return tuple(int(d) for d in getattr(value, "shape", ()))
+
+
+def _listing(keys: List[str], limit: int = 5) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_weights(model: ImageClassifier, state_dict: Mapping[str, object], source: str = "state dict") -> List[str]:
+    """Load `state_dict` (our layout or PaddleClas's) into `model`, strictly: every tensor must be present
+    with its shape, except the classifier's, which is left as initialised when the checkpoint's has
+    another class count or none (fine-tuning). Returns the classifier keys not loaded."""
+    state = model.convert_state_dict(state_dict)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and _shape(state[k]) != _shape(expected[k])]
+    skipped = [k for k in missing + unexpected + mismatched if k.startswith(model.classifier_prefixes)]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        keys = [k for k in keys if k not in skipped]
+        if label == "wrong shape":
+            keys = [f"{k} {_shape(state[k])} vs {_shape(expected[k])}" for k in keys]
+        if keys:
+            problems.append(f"{label} {len(keys)}: {_listing(keys)}")
+    if problems:
+        raise IncompatibleWeightsError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
+    if skipped:
+        logger.warning("%s: classifier does not match the model's class_num; left as initialised: %s", source, _listing(skipped))
+    loaded = {k: v for k, v in state.items() if k in expected and k not in skipped}
+    model.set_state_dict({**expected, **loaded})  # complete, so that Paddle does not warn about the skipped keys
+    return skipped
+
+
+def load_pretrained(model: ImageClassifier, source: PathLike, sha256: Optional[str] = None) -> List[str]:
+    """Load weights from a local path or a URL (cached; a download that is not a state dict is deleted
+    again so that the next attempt fetches it afresh). Returns the skipped classifier keys."""
+    if is_url(source):
+        path = download(str(source), sha256=sha256)
+        try:
+            state = load_state_dict(path)
+        except IncompatibleWeightsError:
+            path.unlink(missing_ok=True)
+            raise
+    else:
+        path = resolve_path(source)
+        state = load_state_dict(path)
+    skipped = load_weights(model, state, source=str(source))
+    logger.info("loaded weights from %s", source)
+    return skipped

@@ -1,0 +1,34 @@
+"""ppcls_ext: MicroNet, EfficientNet and EfficientNetV2 for PaddlePaddle, as a PaddleClas plugin.
+
+Paddle itself: the CPU build `paddlepaddle` by default. GPU users install `paddlepaddle-gpu` first and
+select it with PPCLS_EXT_PADDLE (e.g. PPCLS_EXT_PADDLE=paddlepaddle-gpu pip install .), or set
+PPCLS_EXT_PADDLE= (empty) to leave the Paddle installation alone.
+"""
+import os
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "ppcls_ext" / "__init__.py").read_text()).group(1)
+PADDLE = os.environ.get("PPCLS_EXT_PADDLE", "paddlepaddle>=3.0")
+
+setup(
+    name="ppcls_ext",
+    version=VERSION,
+    description="MicroNet, EfficientNet (B0-B8, L2) and EfficientNetV2 for PaddlePaddle, as a PaddleClas plugin",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["ppcls_ext", "ppcls_ext.*"]),
+    python_requires=">=3.8",
+    install_requires=[r for r in [
+        PADDLE,
+        # the wheel pins numpy==1.24.4 and opencv-python<=4.6.0.66; ours must stay compatible with those
+        "paddleclas==2.6.0",
+        "numpy",
+        "opencv-python",
+        "pyyaml",
+    ] if r],
+    extras_require={"test": ["pytest>=7"]},
+)

@@ -1,0 +1,54 @@
+"""Shared helpers: PaddleClas reference models and weight randomisation."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import paddle
+import pytest
+
+paddle.set_device("cpu")
+
+# model name -> (PaddleClas module under paddleclas.ppcls.arch.backbone.model_zoo, size it is padded for)
+PADDLECLAS_VARIANTS = {
+    **{f"MicroNet_M{i}": ("micronet", 224) for i in range(4)},
+    **{f"EfficientNetB{i}": ("efficientnet", s) for i, s in enumerate((224, 240, 260, 300, 380, 456, 528, 600))},
+    # PaddleClas pads every V2 variant as if the input were 384 px
+    **{f"EfficientNetV2_{v}": ("efficientnet_v2", 384) for v in ("S", "M", "L", "XL")},
+}
+
+
+def paddleclas_model(name: str) -> paddle.nn.Layer:
+    """PaddleClas's own class for `name` (not ours, even when ppcls_ext has registered its names).
+    Built under a fresh unique-name scope: PaddleClas's EfficientNet names its parameters with fixed
+    ParamAttr names and cannot be built twice in one process otherwise."""
+    module_name, _ = PADDLECLAS_VARIANTS[name]
+    module = importlib.import_module(f"paddleclas.ppcls.arch.backbone.model_zoo.{module_name}")
+    with paddle.utils.unique_name.guard():
+        model = getattr(module, name)()
+    model.eval()
+    return model
+
+
+def randomize_(state_dict: dict, seed: int = 0) -> dict:
+    """Overwrite every tensor with random values of a sensible scale (weights ~ 1/sqrt(fan_in), BN
+    statistics away from their 0/1 defaults) so that a parity check exercises every tensor."""
+    rng = np.random.default_rng(seed)
+    for key, tensor in state_dict.items():
+        shape = tuple(tensor.shape)
+        values = rng.standard_normal(shape).astype("float32")
+        if key.endswith("_variance"):
+            values = np.abs(values) + 0.5
+        elif key.endswith(("_mean", "bias")):
+            values *= 0.1
+        elif len(shape) > 1:
+            values /= np.sqrt(np.prod(shape[1:]) if len(shape) == 4 else shape[0])
+        else:
+            values = 1.0 + 0.1 * values
+        tensor.set_value(paddle.to_tensor(values))
+    return state_dict
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,88 @@
+"""PaddleClas's own `build_model` (and weight loader) builds our models after `import ppcls_ext`, in
+either import order, from the wheel layout and from a source checkout."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+import ppcls_ext
+from conftest import paddleclas_model, randomize_
+
+REPO = Path(__file__).resolve().parents[1]
+
+BUILD_EVERY_NAME = """
+import json, paddle
+{imports}
+names = ppcls_ext.list_models()
+result = {{}}
+with paddle.LazyGuard():  # parameters stay unallocated: this checks names and structure, fast
+    for name in names:
+        model = build_model({{"Arch": {{"name": name, "class_num": 10}}, "Global": {{"device": "cpu"}}}})
+        result[name] = [type(model).__module__, list(model.classifier.parameters())[0].shape[-1]]
+    rec = build_model({{"Arch": {{"name": "RecModel", "Backbone": {{"name": "EfficientNetV2_B0", "class_num": 0}}}},
+                       "Global": {{"device": "cpu"}}}})
+    result["RecModel.backbone"] = [type(rec.backbone).__module__, 0]
+print("RESULT" + json.dumps(result))
+"""
+
+
+def run_python(code: str, pythonpath: str = "") -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, str(REPO)) if p))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+def check_all_ours(result: dict) -> None:
+    assert set(result) == set(ppcls_ext.list_models()) | {"RecModel.backbone"}
+    for name, (module, classes) in result.items():
+        assert module.startswith("ppcls_ext.models."), (name, module)
+        assert classes in (10, 0), name
+
+
+@pytest.mark.parametrize("order", ["ppcls_ext first", "paddleclas first"])
+def test_build_model_from_the_wheel_builds_ours_for_every_name(order):
+    imports = ("import ppcls_ext\nfrom paddleclas.ppcls.arch import build_model" if order == "ppcls_ext first"
+               else "from paddleclas.ppcls.arch import build_model\nimport ppcls_ext")
+    check_all_ours(run_python(BUILD_EVERY_NAME.format(imports=imports)))
+
+
+def test_build_model_from_a_source_checkout_builds_ours(tmp_path):
+    """A PaddleClas source checkout imports as `ppcls`; emulate one with the wheel's package."""
+    import paddleclas
+
+    (tmp_path / "ppcls").symlink_to(Path(paddleclas.__file__).parent / "ppcls", target_is_directory=True)
+    imports = "import ppcls_ext\nfrom ppcls.arch import build_model"
+    check_all_ours(run_python(BUILD_EVERY_NAME.format(imports=imports), pythonpath=str(tmp_path)))
+
+
+def test_paddleclas_loader_puts_official_layout_weights_into_our_model(tmp_path):
+    """PaddleClas's engine loads `Global.pretrained_model` with load_dygraph_pretrain (-> set_dict)."""
+    from paddleclas.ppcls.arch import build_model
+    from paddleclas.ppcls.utils.save_load import load_dygraph_pretrain
+
+    theirs = paddleclas_model("EfficientNetB0")
+    theirs.set_state_dict(randomize_(theirs.state_dict(), seed=11))
+    paddle.save(theirs.state_dict(), str(tmp_path / "EfficientNetB0_pretrained.pdparams"))
+    ours = build_model({"Arch": {"name": "EfficientNetB0", "class_num": 1000}, "Global": {"device": "cpu"}})
+    assert isinstance(ours, ppcls_ext.ImageClassifier)
+    load_dygraph_pretrain(ours, str(tmp_path / "EfficientNetB0_pretrained"))
+    ours.eval()
+    x = paddle.randn([1, 3, 224, 224])
+    np.testing.assert_allclose(ours(x).numpy(), theirs(x).numpy(), atol=1e-5)
+    # Arch keywords of PaddleClas configs pass through build_model
+    loaded = build_model({"Arch": {"name": "EfficientNetB0", "class_num": 1000,
+                                   "pretrained": str(tmp_path / "EfficientNetB0_pretrained.pdparams")}})
+    loaded.eval()
+    np.testing.assert_allclose(loaded(x).numpy(), theirs(x).numpy(), atol=1e-5)
+    symmetric = build_model({"Arch": {"name": "EfficientNetB0", "padding_type": "DYNAMIC"}})
+    weight = symmetric.stem.conv.weight
+    np.testing.assert_allclose(symmetric.stem.conv(x).numpy(), F.conv2d(x, weight, stride=2, padding=1).numpy(), atol=1e-5)
