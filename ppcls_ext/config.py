@@ -1,0 +1,142 @@
+"""PaddleClas-format YAML configs: loading, `-o a.b.0.c=value` overrides, and errors that name the key."""
+from __future__ import annotations
+
+import ast
+import logging
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Sequence
+
+import yaml
+
+logger = logging.getLogger("ppcls_ext")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file, key path or value at fault."""
+
+
+def _literal(value: Any) -> Any:
+    """PaddleClas reads string scalars through `ast.literal_eval`, so `4e-5` (a string to YAML) is a
+    float; strings that are not Python literals (`bilinear`, `1.0/255.0`) stay strings."""
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return value
+    if isinstance(value, dict):
+        return {key: _literal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_literal(item) for item in value]
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """An override value as YAML, then as a Python literal (`64`, `0.1`, `True`, `[1, 2]`, `null`, `./a`)."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return _literal(value)
+
+
+def apply_override(config: Dict[str, Any], option: str) -> None:
+    """Apply one `key.path=value` option; numeric path parts index lists. New mapping keys are created
+    (as PaddleClas does, with a log line); a bad index or a path through a scalar is an error."""
+    if "=" not in option:
+        raise ConfigError(f"-o {option!r}: expected KEY.PATH=VALUE, e.g. Global.epochs=10")
+    path, text = option.split("=", 1)
+    keys = path.strip().split(".")
+    if not path.strip() or any(not key for key in keys):
+        raise ConfigError(f"-o {option!r}: empty key in {path!r}")
+    node: Any = config
+    for depth, key in enumerate(keys):
+        where = ".".join(keys[:depth]) or "<config>"
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not key.lstrip("-").isdigit():
+                raise ConfigError(f"-o {option!r}: {where} is a list; {key!r} is not an index")
+            index = int(key)
+            if not -len(node) <= index < len(node):
+                raise ConfigError(f"-o {option!r}: index {index} out of range for {where} (length {len(node)})")
+            if last:
+                node[index] = parse_value(text)
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                if key not in node:
+                    logger.info("-o %s: new key %s", option, path)
+                node[key] = parse_value(text)
+            else:
+                if node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
+        else:
+            raise ConfigError(f"-o {option!r}: {where} is a value ({node!r}), not a section or list")
+
+
+def load_config(path: str, overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    """Read a YAML config file and apply `-o` overrides in order."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (Global, Arch, ...)")
+    config = _literal(config)
+    for option in overrides:
+        apply_override(config, option)
+    return config
+
+
+def section(config: Mapping[str, Any], path: str, required: bool = True, default: Any = None) -> Any:
+    """The value at dotted `path`, with a ConfigError naming the path when a required one is absent."""
+    node: Any = config
+    for depth, key in enumerate(path.split(".")):
+        if not isinstance(node, Mapping) or key not in node or node[key] is None:
+            if required:
+                parent = ".".join(path.split(".")[:depth]) or "the config"
+                raise ConfigError(f"missing {path!r} (no {key!r} under {parent})")
+            return default
+        node = node[key]
+    return node
+
+
+def single_entry(item: Any, where: str) -> tuple:
+    """A PaddleClas list entry `{Name: {args}}` (or a bare `Name`) as (name, args)."""
+    if isinstance(item, str):
+        return item, {}
+    if not isinstance(item, Mapping) or len(item) != 1:
+        raise ConfigError(f"{where}: expected a single-key mapping like {{OpName: {{...}}}}, got {item!r}")
+    name, args = next(iter(item.items()))
+    if args is None:
+        args = {}
+    if not isinstance(args, Mapping):
+        raise ConfigError(f"{where}: arguments of {name} must be a mapping, got {args!r}")
+    return name, dict(args)
+
+
+def unknown_name(kind: str, name: str, valid: Sequence[str], where: str) -> ConfigError:
+    """The error for an unknown op / loss / optimizer / schedule name, listing the valid ones."""
+    return ConfigError(f"{where}: unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+
+
+def build_from_registry(kind: str, registry: Mapping[str, Any], name: str, args: Mapping[str, Any], where: str) -> Any:
+    """Instantiate `registry[name](**args)`, turning an unknown name or a bad argument into a ConfigError."""
+    if name not in registry:
+        raise unknown_name(kind, name, list(registry), where)
+    try:
+        return registry[name](**args)
+    except TypeError as error:
+        raise ConfigError(f"{where}: bad arguments for {kind} {name}: {error}") from error
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def as_list(value: Any) -> List[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
