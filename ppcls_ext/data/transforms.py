@@ -1,0 +1,503 @@
+"""PaddleClas's image transform operators (same names, arguments and defaults), the op registry, and the
+builder for a `transform_ops` list.
+
+Images are numpy arrays: `DecodeImage` turns file bytes into HWC uint8 (RGB by default); every later op
+takes and returns HWC uint8 until `NormalizeImage` (float32, HWC or CHW by `order`). PIL images are
+accepted wherever an array is. Randomness comes from Python's `random` and numpy's global generator,
+as in PaddleClas, so seeding both makes every op deterministic.
+"""
+from __future__ import annotations
+
+import inspect
+import io
+import math
+import random
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..config import ConfigError, single_entry, unknown_name
+from .autoaugment import AutoAugment, ImageLike
+from .randaugment import RandAugment, RandAugmentV2
+
+_FRACTION = re.compile(r"^\s*([^/]+?)\s*/\s*([^/]+?)\s*$")
+
+
+def _float_or_none(text: str) -> Optional[float]:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse_number(value: Any, op: str, argument: str) -> float:
+    """A finite number from a config value: an int/float, a numeric string, or a simple fraction string
+    such as "1.0/255.0" (PaddleClas evaluates these with `eval`; this never evaluates code)."""
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        match = _FRACTION.match(value)
+        if match is None:
+            number = _float_or_none(value.strip())
+        else:
+            numerator, denominator = _float_or_none(match.group(1)), _float_or_none(match.group(2))
+            if denominator == 0:
+                raise ValueError(f"{op}: {argument}={value!r} divides by zero")
+            if numerator is not None and denominator is not None:
+                number = numerator / denominator
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"{op}: {argument}={value!r} is not a number or a fraction like '1.0/255.0'")
+    return number
+
+
+def _as_array(img: ImageLike, op: str) -> np.ndarray:
+    """The image as a numpy array (a PIL image is converted; an array passes through uncopied)."""
+    if isinstance(img, np.ndarray):
+        return img
+    if isinstance(img, Image.Image):
+        return np.asarray(img)
+    raise TypeError(f"{op}: expected an image as a numpy array or PIL image, got {type(img).__name__}")
+
+
+def _image_size(img: ImageLike) -> Tuple[int, int]:
+    """(width, height) of an HWC array or a PIL image."""
+    if isinstance(img, Image.Image):
+        return img.size
+    return img.shape[1], img.shape[0]
+
+
+def _size_pair(size: Any, op: str, argument: str = "size") -> Tuple[int, int]:
+    """(width, height) from an int or a [width, height] pair, as PaddleClas passes `size` to the resize
+    call."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0:
+        return int(size), int(size)
+    if (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)):
+        return int(size[0]), int(size[1])
+    raise ValueError(f"{op}: {argument} must be a positive int or [width, height] of positive ints, got {size!r}")
+
+
+def _range_pair(value: Any, op: str, argument: str, low_limit: float = 0.0) -> Tuple[float, float]:
+    """A (low, high) pair of numbers with low_limit < low <= high."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        low, high = (parse_number(v, op, argument) for v in value)
+        if low_limit < low <= high:
+            return low, high
+    raise ValueError(f"{op}: {argument} must be [low, high] with {low_limit} < low <= high, got {value!r}")
+
+
+class Resizer:
+    """Resize with cv2 or PIL by interpolation name, as PaddleClas's UnifiedResize: 'random' picks
+    bilinear or bicubic per call; None is bilinear; an int is used as the backend's own flag."""
+
+    CV2 = {
+        "nearest": (cv2.INTER_NEAREST,),
+        "bilinear": (cv2.INTER_LINEAR,),
+        "area": (cv2.INTER_AREA,),
+        "bicubic": (cv2.INTER_CUBIC,),
+        "lanczos": (cv2.INTER_LANCZOS4,),
+        "random": (cv2.INTER_LINEAR, cv2.INTER_CUBIC),
+    }
+    PIL = {
+        "nearest": (Image.Resampling.NEAREST,),
+        "bilinear": (Image.Resampling.BILINEAR,),
+        "bicubic": (Image.Resampling.BICUBIC,),
+        "box": (Image.Resampling.BOX,),
+        "lanczos": (Image.Resampling.LANCZOS,),
+        "hamming": (Image.Resampling.HAMMING,),
+        "random": (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC),
+    }
+
+    def __init__(self, interpolation: Union[str, int, None], backend: str, op: str):
+        if not isinstance(backend, str) or backend.lower() not in ("cv2", "pil"):
+            raise ValueError(f"{op}: backend must be 'cv2' or 'pil', got {backend!r}")
+        self.backend = backend.lower()
+        table = self.CV2 if self.backend == "cv2" else self.PIL
+        if interpolation is None:
+            self.flags = table["bilinear"]
+        elif isinstance(interpolation, (int, np.integer)) and not isinstance(interpolation, bool):
+            self.flags = (int(interpolation),)
+        elif isinstance(interpolation, str) and interpolation.lower() in table:
+            self.flags = table[interpolation.lower()]
+        else:
+            raise ValueError(f"{op}: interpolation {interpolation!r} is not available with backend "
+                             f"{self.backend!r}; expected one of {', '.join(table)} or null")
+
+    def __call__(self, img: ImageLike, size: Tuple[int, int], return_numpy: bool = True) -> ImageLike:
+        """`img` resized to size = (width, height)."""
+        flag = self.flags[0] if len(self.flags) == 1 else random.choice(self.flags)
+        if self.backend == "cv2":
+            return cv2.resize(_as_array(img, "resize"), size, interpolation=flag)
+        pil = img if isinstance(img, Image.Image) else Image.fromarray(img)
+        resized = pil.resize(size, flag)
+        return np.asarray(resized) if return_numpy else resized
+
+
+class DecodeImage:
+    """Decode the bytes of an image file into an HWC uint8 array (RGB when `to_rgb`; a PIL RGB image when
+    not `to_np`). Both backends apply the EXIF orientation (cv2.imdecode with IMREAD_COLOR does; for PIL
+    it is done here) and give 3 channels for grey or RGBA files."""
+
+    def __init__(self, to_np: bool = True, to_rgb: bool = True, channel_first: bool = False, backend: str = "cv2"):
+        if not isinstance(backend, str) or backend.lower() not in ("cv2", "pil"):
+            raise ValueError(f"DecodeImage: backend must be 'cv2' or 'pil', got {backend!r}")
+        self.to_np = to_np
+        self.to_rgb = to_rgb
+        self.channel_first = channel_first
+        self.backend = backend.lower()
+
+    def _decode_cv2(self, data: bytes) -> np.ndarray:
+        array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if array is None:
+            raise ValueError(f"cannot decode image: OpenCV could not read {len(data)} bytes "
+                             f"(not an image, an unsupported format, or a truncated file)")
+        return cv2.cvtColor(array, cv2.COLOR_BGR2RGB) if self.to_rgb or not self.to_np else array
+
+    def _decode_pil(self, data: bytes) -> Image.Image:
+        try:
+            with Image.open(io.BytesIO(data)) as pil:
+                return ImageOps.exif_transpose(pil).convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise ValueError(f"cannot decode image: PIL could not read {len(data)} bytes ({error})") from error
+
+    def __call__(self, img: bytes) -> ImageLike:
+        if not isinstance(img, (bytes, bytearray, memoryview)):
+            raise TypeError(f"DecodeImage: expected the bytes of an image file, got {type(img).__name__}")
+        if len(img) == 0:
+            raise ValueError("cannot decode image: the file is empty (0 bytes)")
+        if self.backend == "cv2":
+            array = self._decode_cv2(img)
+            if not self.to_np:
+                return Image.fromarray(array)
+        else:
+            pil = self._decode_pil(img)
+            if not self.to_np:
+                return pil
+            array = np.asarray(pil)
+            if not self.to_rgb:
+                array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+        return array.transpose((2, 0, 1)) if self.channel_first else array
+
+
+class ResizeImage:
+    """Resize to `size` ([width, height] or an int for a square), or so that the short side is
+    `resize_short` keeping the aspect ratio (which takes precedence when > 0)."""
+
+    def __init__(self, size: Union[int, Sequence[int], None] = None, resize_short: Optional[int] = None,
+                 interpolation: Union[str, int, None] = None, backend: str = "cv2", return_numpy: bool = True):
+        if resize_short is not None and (isinstance(resize_short, bool) or not isinstance(resize_short, (int, float))):
+            raise ValueError(f"ResizeImage: resize_short must be a positive int, got {resize_short!r}")
+        if resize_short is not None and resize_short > 0:
+            self.resize_short: Optional[int] = int(resize_short)
+            self.w = self.h = None
+        elif size is not None:
+            self.resize_short = None
+            self.w, self.h = _size_pair(size, "ResizeImage")
+        else:
+            raise ValueError("ResizeImage: set size (int or [width, height]) or resize_short (int > 0); "
+                             "both are unset")
+        self.return_numpy = return_numpy
+        self._resize = Resizer(interpolation, backend, "ResizeImage")
+
+    def __call__(self, img: ImageLike) -> ImageLike:
+        if self.resize_short is not None:
+            width, height = _image_size(img)
+            scale = self.resize_short / min(width, height)
+            size = (int(round(width * scale)), int(round(height * scale)))
+        else:
+            size = (self.w, self.h)
+        return self._resize(img, size, self.return_numpy)
+
+
+class CropImage:
+    """Centre crop of `size` ([width, height] or an int for a square)."""
+
+    def __init__(self, size: Union[int, Sequence[int]]):
+        self.size = _size_pair(size, "CropImage")
+
+    def __call__(self, img: ImageLike) -> np.ndarray:
+        array = _as_array(img, "CropImage")
+        width, height = self.size
+        img_h, img_w = array.shape[:2]
+        if img_h < height or img_w < width:
+            raise ValueError(f"CropImage: crop size (width {width}, height {height}) is larger than the image "
+                             f"(width {img_w}, height {img_h}); resize it first, e.g. ResizeImage resize_short")
+        top = (img_h - height) // 2
+        left = (img_w - width) // 2
+        return array[top:top + height, left:left + width]
+
+
+class CropImageAtRatio:
+    """Centre square crop of side int(min(h, w) * size / (size + pad)), resized to size x size: the
+    EfficientNet evaluation crop (e.g. 384 with pad 32 keeps 92.3% of the short side)."""
+
+    def __init__(self, size: int, pad: int, interpolation: Union[str, int, None] = "bilinear"):
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(f"CropImageAtRatio: size must be a positive int, got {size!r}")
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise ValueError(f"CropImageAtRatio: pad must be an int >= 0, got {pad!r}")
+        self.size = size
+        self.pad = pad
+        self.ratio = size / (size + pad)
+        self._resize = Resizer(interpolation, "cv2", "CropImageAtRatio")
+
+    def __call__(self, img: ImageLike) -> np.ndarray:
+        array = _as_array(img, "CropImageAtRatio")
+        height, width = array.shape[:2]
+        side = max(1, int(self.ratio * min(height, width)))
+        top = (height - side) // 2
+        left = (width - side) // 2
+        return self._resize(array[top:top + side, left:left + side], (self.size, self.size))
+
+
+class RandCropImage:
+    """Random-resized crop (Inception style): a region of random area fraction in `scale` and aspect
+    ratio (w/h) in `ratio`, resized to `size`. `size` may be reassigned between epochs; `progress_size`
+    (per-stage sizes for progressive learning) is kept for the trainer."""
+
+    def __init__(self, size: Union[int, Sequence[int]], progress_size: Optional[Sequence[int]] = None,
+                 scale: Optional[Sequence[float]] = None, ratio: Optional[Sequence[float]] = None,
+                 interpolation: Union[str, int, None] = None, use_log_aspect: bool = False, backend: str = "cv2"):
+        _size_pair(size, "RandCropImage")
+        self.size = size
+        self.progress_size = None if progress_size is None else list(progress_size)
+        if self.progress_size is not None:
+            for stage_size in self.progress_size:
+                _size_pair(stage_size, "RandCropImage", "progress_size entry")
+        self.scale = _range_pair([0.08, 1.0] if scale is None else scale, "RandCropImage", "scale")
+        self.ratio = _range_pair([3.0 / 4.0, 4.0 / 3.0] if ratio is None else ratio, "RandCropImage", "ratio")
+        self.use_log_aspect = use_log_aspect
+        self._resize = Resizer(interpolation, backend, "RandCropImage")
+
+    def __call__(self, img: ImageLike) -> np.ndarray:
+        array = _as_array(img, "RandCropImage")
+        if self.use_log_aspect:
+            aspect = math.exp(random.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+        else:
+            aspect = random.uniform(*self.ratio)
+        img_h, img_w = array.shape[:2]
+        bound = min((img_w / img_h) / aspect, (img_h / img_w) * aspect)
+        area = img_w * img_h * random.uniform(min(self.scale[0], bound), min(self.scale[1], bound))
+        width = min(img_w, max(1, int(math.sqrt(area * aspect))))
+        height = min(img_h, max(1, int(math.sqrt(area / aspect))))
+        left = random.randint(0, img_w - width)
+        top = random.randint(0, img_h - height)
+        return self._resize(array[top:top + height, left:left + width], _size_pair(self.size, "RandCropImage"))
+
+
+class RandFlipImage:
+    """Flip with probability 1/2: flip_code 1 horizontally, 0 vertically, -1 both (cv2.flip codes)."""
+
+    def __init__(self, flip_code: int = 1):
+        if flip_code not in (-1, 0, 1) or isinstance(flip_code, bool):
+            raise ValueError(f"RandFlipImage: flip_code must be 1 (horizontal), 0 (vertical) or -1 (both), "
+                             f"got {flip_code!r}")
+        self.flip_code = flip_code
+
+    def __call__(self, img: ImageLike) -> np.ndarray:
+        array = _as_array(img, "RandFlipImage")
+        return cv2.flip(array, self.flip_code) if random.randint(0, 1) == 1 else array
+
+
+class NormalizeImage:
+    """(img * scale - mean) / std per channel, as float32 (float16 with `output_fp16`). `order: chw`
+    returns CHW (an HWC input, recognised by its last axis holding the channels, is transposed);
+    any other order ('' or 'hwc') keeps HWC. `channel_num: 4` appends a zero channel."""
+
+    ORDERS = ("chw", "hwc", "")
+
+    def __init__(self, scale: Union[float, str, None] = None, mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None, order: str = "chw", output_fp16: bool = False,
+                 channel_num: int = 3):
+        self.scale = parse_number(1.0 / 255.0 if scale is None else scale, "NormalizeImage", "scale")
+        mean = [0.485, 0.456, 0.406] if mean is None else mean
+        std = [0.229, 0.224, 0.225] if std is None else std
+        mean = [parse_number(v, "NormalizeImage", "mean") for v in mean]
+        std = [parse_number(v, "NormalizeImage", "std") for v in std]
+        if len(mean) != len(std) or not mean:
+            raise ValueError(f"NormalizeImage: mean and std must have one value per channel, got {len(mean)} "
+                             f"means and {len(std)} stds")
+        if any(s == 0 for s in std):
+            raise ValueError(f"NormalizeImage: std must not contain 0, got {std}")
+        if order not in self.ORDERS:
+            raise ValueError(f"NormalizeImage: order must be 'chw', 'hwc' or '' (= hwc), got {order!r}")
+        if channel_num not in (3, 4):
+            raise ValueError(f"NormalizeImage: channel_num must be 3 or 4, got {channel_num!r}")
+        self.mean, self.std, self.order = mean, std, order
+        self.channel_num = channel_num
+        self.output_dtype = np.float16 if output_fp16 else np.float32
+        channels = len(mean)
+        shape = (channels, 1, 1) if order == "chw" else (1, 1, channels)
+        # (x * scale - mean) / std folded into one multiply and one add
+        self._mul = (self.scale / np.asarray(std, dtype=np.float64)).astype(np.float32).reshape(shape)
+        self._add = (-np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(
+            np.float32).reshape(shape)
+
+    def _to_float(self, array: np.ndarray) -> np.ndarray:
+        """A fresh float32 copy in the output layout."""
+        channels = len(self.mean)
+        if array.ndim != 3:
+            raise ValueError(f"NormalizeImage: expected a 3-D image, got shape {array.shape}")
+        if self.order == "chw":
+            if array.shape[2] == channels:
+                return np.ascontiguousarray(array.transpose((2, 0, 1)), dtype=np.float32)
+            if array.shape[0] == channels:
+                return array.astype(np.float32)
+        elif array.shape[2] == channels:
+            return array.astype(np.float32)
+        layout = "HWC or CHW" if self.order == "chw" else "HWC"
+        raise ValueError(f"NormalizeImage: expected a {layout} image with {channels} channels, got shape {array.shape}")
+
+    def __call__(self, img: ImageLike) -> np.ndarray:
+        out = self._to_float(_as_array(img, "NormalizeImage"))
+        out *= self._mul
+        out += self._add
+        if self.channel_num == 4:
+            axis = 0 if self.order == "chw" else 2
+            zero_shape = list(out.shape)
+            zero_shape[axis] = 1
+            out = np.concatenate((out, np.zeros(zero_shape, dtype=np.float32)), axis=axis)
+        return out if self.output_dtype is np.float32 else out.astype(self.output_dtype)
+
+
+class ToCHWImage:
+    """HWC -> CHW (a transposed view, no copy)."""
+
+    def __call__(self, img: ImageLike) -> np.ndarray:
+        array = _as_array(img, "ToCHWImage")
+        if array.ndim != 3:
+            raise ValueError(f"ToCHWImage: expected an HWC image, got shape {array.shape}")
+        return array.transpose((2, 0, 1))
+
+
+class RandomErasing:
+    """Random Erasing (arXiv:1708.04896): with probability EPSILON, overwrite one rectangle of area
+    fraction in [sl, sh] and aspect ratio in [r1, 1/r1] with `mean` (mode 'const'), one random normal
+    colour ('rand') or per-pixel normal noise ('pixel'). Works on HWC images, usually after
+    NormalizeImage; the input array is modified in place when it is writeable."""
+
+    MODES = ("const", "rand", "pixel")
+
+    def __init__(self, EPSILON: Union[float, str] = 0.5, sl: Union[float, str] = 0.02, sh: Union[float, str] = 0.4,
+                 r1: Union[float, str] = 0.3, mean: Sequence[float] = (0.0, 0.0, 0.0), attempt: int = 100,
+                 use_log_aspect: bool = False, mode: str = "const"):
+        self.EPSILON = parse_number(EPSILON, "RandomErasing", "EPSILON")
+        self.sl = parse_number(sl, "RandomErasing", "sl")
+        self.sh = parse_number(sh, "RandomErasing", "sh")
+        r1 = parse_number(r1, "RandomErasing", "r1")
+        if not 0.0 <= self.EPSILON <= 1.0:
+            raise ValueError(f"RandomErasing: EPSILON is a probability in [0, 1], got {EPSILON!r}")
+        if not 0.0 < self.sl <= self.sh <= 1.0:
+            raise ValueError(f"RandomErasing: need 0 < sl <= sh <= 1, got sl={sl!r}, sh={sh!r}")
+        if r1 <= 0:
+            raise ValueError(f"RandomErasing: r1 must be > 0, got {r1!r}")
+        if mode not in self.MODES:
+            raise ValueError(f"RandomErasing: mode must be one of {', '.join(self.MODES)}, got {mode!r}")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+            raise ValueError(f"RandomErasing: attempt must be an int >= 0, got {attempt!r}")
+        self.use_log_aspect = use_log_aspect
+        self.r1 = (math.log(r1), math.log(1.0 / r1)) if use_log_aspect else (r1, 1.0 / r1)
+        self.mean = np.asarray([parse_number(v, "RandomErasing", "mean") for v in mean], dtype=np.float32)
+        self.attempt = attempt
+        self.mode = mode
+
+    def _fill(self, height: int, width: int, channels: int) -> np.ndarray:
+        if self.mode == "rand":
+            return np.random.normal(size=(1, 1, channels))
+        if self.mode == "pixel":
+            return np.random.normal(size=(height, width, channels))
+        if self.mean.size not in (1, channels):
+            raise ValueError(f"RandomErasing: mean has {self.mean.size} values for an image with {channels} channels")
+        return self.mean
+
+    def __call__(self, img: ImageLike) -> np.ndarray:
+        array = _as_array(img, "RandomErasing")
+        if array.ndim != 3:
+            raise ValueError(f"RandomErasing: expected an HWC image, got shape {array.shape}")
+        if random.random() > self.EPSILON:
+            return array
+        img_h, img_w, channels = array.shape
+        for _ in range(self.attempt):
+            target_area = random.uniform(self.sl, self.sh) * img_h * img_w
+            aspect = random.uniform(*self.r1)
+            if self.use_log_aspect:
+                aspect = math.exp(aspect)
+            height = int(round(math.sqrt(target_area * aspect)))
+            width = int(round(math.sqrt(target_area / aspect)))
+            if width < img_w and height < img_h:
+                fill = self._fill(height, width, channels)
+                top = random.randint(0, img_h - height)
+                left = random.randint(0, img_w - width)
+                if not array.flags.writeable:
+                    array = array.copy()
+                array[top:top + height, left:left + width] = fill
+                return array
+        return array
+
+
+TRANSFORM_OPS: Dict[str, type] = {
+    cls.__name__: cls
+    for cls in (DecodeImage, ResizeImage, CropImage, CropImageAtRatio, RandCropImage, RandFlipImage,
+                NormalizeImage, ToCHWImage, AutoAugment, RandAugment, RandAugmentV2, RandomErasing)
+}
+
+
+class Compose:
+    """Apply ops in order. `find(op_type)` returns the ops of a class, so callers (e.g. a progressive
+    schedule changing `RandCropImage.size`) never depend on positions."""
+
+    def __init__(self, ops: Iterable[Any]):
+        self.ops: List[Any] = list(ops)
+
+    def __call__(self, img: Any) -> Any:
+        for op in self.ops:
+            img = op(img)
+        return img
+
+    def find(self, op_type: type) -> List[Any]:
+        return [op for op in self.ops if isinstance(op, op_type)]
+
+    def __repr__(self) -> str:
+        return f"Compose([{', '.join(type(op).__name__ for op in self.ops)}])"
+
+
+def build_op(kind: str, registry: Mapping[str, type], item: Any, where: str, **injected: Any) -> Any:
+    """One op from a PaddleClas list entry `{Name: {args}}`, with `injected` arguments added (e.g. the
+    batch ops' class_num). Unknown names, unknown or missing arguments and rejected values become a
+    ConfigError that names `where`."""
+    name, args = single_entry(item, where)
+    if name not in registry:
+        raise unknown_name(kind, name, list(registry), where)
+    cls = registry[name]
+    parameters = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = sorted(set(args) - set(parameters)) if not takes_any else []
+    if unknown:
+        valid = [p for p in parameters if p not in injected]
+        raise ConfigError(f"{where}: {name} has no argument {', '.join(map(repr, unknown))}; "
+                          f"valid: {', '.join(valid) or '(none)'}")
+    arguments = {**args, **injected}
+    missing = [p.name for p in parameters.values()
+               if p.default is inspect.Parameter.empty and p.name not in arguments
+               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    if missing:
+        raise ConfigError(f"{where}: {name} needs argument {', '.join(map(repr, missing))}")
+    try:
+        return cls(**arguments)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def build_transforms(op_configs: Optional[list], where: str) -> Compose:
+    """A Compose from PaddleClas's `transform_ops` list, e.g. [{"DecodeImage": {"to_rgb": True}},
+    {"ToCHWImage": None}]; `where` is the config path used in error messages."""
+    if op_configs is None:
+        return Compose([])
+    if not isinstance(op_configs, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of ops like [{{DecodeImage: {{...}}}}, ...], got {op_configs!r}")
+    return Compose(build_op("transform op", TRANSFORM_OPS, item, f"{where}[{index}]")
+                   for index, item in enumerate(op_configs))
