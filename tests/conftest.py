@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import numpy as np
 import paddle
@@ -52,3 +53,50 @@ def randomize_(state_dict: dict, seed: int = 0) -> dict:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK_START = os.path.join(REPO, "configs", "quick_start", "micronet_m0_digits.yaml")
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The demo dataset, with a small train subset (256 images) and an odd-sized val subset (37)."""
+    from ppcls_ext.data.demo import make_digits_dataset
+
+    root = tmp_path_factory.mktemp("digits")
+    make_digits_dataset(str(root))
+    for split, count in (("train", 256), ("val", 37)):
+        lines = (root / f"{split}_list.txt").read_text().splitlines()
+        step = len(lines) // count
+        (root / f"{split}_small.txt").write_text("\n".join(lines[::step][:count]) + "\n")
+    return root
+
+
+def quick_config(digits, output, *overrides):
+    """The quick-start config on the small digits lists, writing under `output`, with `-o` overrides."""
+    from ppcls_ext.config import load_config
+
+    return load_config(QUICK_START, [
+        f"Global.output_dir={output}/output",
+        f"Global.save_inference_dir={output}/inference",
+        f"DataLoader.Train.dataset.image_root={digits}",
+        f"DataLoader.Train.dataset.cls_label_path={digits}/train_small.txt",
+        f"DataLoader.Eval.dataset.image_root={digits}",
+        f"DataLoader.Eval.dataset.cls_label_path={digits}/val_small.txt",
+        "DataLoader.Train.sampler.batch_size=32",
+        f"Infer.PostProcess.class_id_map_file={digits}/label_list.txt",
+        "Global.print_batch_step=4",
+        *overrides,
+    ])
+
+
+@pytest.fixture
+def engine_log(caplog):
+    """Captures the engine's log (its logger does not propagate to the root logger that caplog watches)."""
+    import logging
+
+    engine_logger = logging.getLogger("ppcls_ext")
+    engine_logger.addHandler(caplog.handler)
+    yield caplog
+    engine_logger.removeHandler(caplog.handler)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Callable, Dict, Iterator, List, Literal, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Literal, NamedTuple, Optional, Sequence, Tuple
 
 import paddle
 import paddle.nn as nn

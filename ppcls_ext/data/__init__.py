@@ -1,0 +1,23 @@
+"""Data pipeline pieces that speak PaddleClas: the ImageNet-format dataset and its loader, image transform
+ops, batch ops (mixup/cutmix) and their builders, and the offline demo dataset."""
+from .batch_ops import BATCH_OPS, BatchCompose, CutmixOperator, MixupOperator, OpSampler, build_batch_ops
+from .transforms import (
+    TRANSFORM_OPS,
+    AutoAugment,
+    Compose,
+    CropImage,
+    CropImageAtRatio,
+    DecodeImage,
+    NormalizeImage,
+    RandAugment,
+    RandAugmentV2,
+    RandCropImage,
+    RandFlipImage,
+    RandomErasing,
+    ResizeImage,
+    ToCHWImage,
+    build_transforms,
+)
+from .dataset import ImageNetDataset, IndexedDataset, read_label_file
+from .demo import make_digits_dataset
+from .loader import WorkerSeeder, build_dataloader

@@ -1,0 +1,105 @@
+"""Export to Paddle Inference: the model (dynamic batch and image size, softmax appended unless
+disabled) plus `inference.yml`, which records the preprocessing and post-processing to deploy it with.
+The export is built in a temporary directory and moved into place only when complete, so an existing
+export is never replaced by a partial one."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from typing import Any, Dict, List, Optional, Sequence
+
+import paddle
+import paddle.nn as nn
+from paddle.static import InputSpec
+
+from ..config import dump_yaml, single_entry
+
+MODEL_FILES = ("inference.pdiparams",)
+GRAPH_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
+
+
+class _WithSoftmax(nn.Layer):
+    def __init__(self, model: nn.Layer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return nn.functional.softmax(self.model(x), axis=-1)
+
+
+def _scale_number(value: Any) -> Any:
+    """NormalizeImage's scale as a number (PaddleClas's deploy predictor expects one)."""
+    if isinstance(value, str) and "/" in value:
+        numerator, denominator = value.split("/", 1)
+        return float(numerator) / float(denominator)
+    return float(value) if isinstance(value, str) else value
+
+
+def deploy_transforms(ops: Sequence[Any]) -> List[Dict[str, Any]]:
+    """The preprocessing ops as PaddleClas's deploy config lists them: without DecodeImage (the
+    predictor decodes), with a numeric NormalizeImage scale, ending in CHW layout."""
+    result = []
+    for position, item in enumerate(copy.deepcopy(list(ops))):
+        name, args = single_entry(item, f"transforms[{position}]")
+        if name == "DecodeImage":
+            continue
+        if name == "NormalizeImage":
+            args["scale"] = _scale_number(args.get("scale", 1.0 / 255.0))
+            args.setdefault("channel_num", 3)
+        result.append({name: args or None})
+    layouts = [name for entry in result for name in entry]
+    normalize = next((entry["NormalizeImage"] for entry in result if "NormalizeImage" in entry), None) or {}
+    if "ToCHWImage" not in layouts and normalize.get("order", "") != "chw":
+        result.append({"ToCHWImage": None})
+    return result
+
+
+def inference_config(model_name: str, transforms: List[Dict[str, Any]], topk: int, label_names: Optional[List[str]],
+                     image_shape: Sequence[int], softmax: bool) -> Dict[str, Any]:
+    postprocess: Dict[str, Any] = {"topk": topk}
+    if label_names is not None:
+        postprocess["label_list"] = label_names
+    return {
+        "Global": {"model_name": model_name, "image_shape": list(image_shape), "dynamic_shape": True, "softmax": softmax},
+        "PreProcess": {"transform_ops": transforms},
+        "PostProcess": {"Topk": postprocess},
+    }
+
+
+def export_inference_model(model: nn.Layer, save_dir: str, description: Dict[str, Any], softmax: bool = True) -> str:
+    """Write `save_dir/inference.{json|pdmodel,pdiparams,yml}` atomically; returns `save_dir`."""
+    save_dir = os.path.abspath(save_dir)
+    parent = os.path.dirname(save_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = f"{save_dir}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.eval()
+        net = _WithSoftmax(model) if softmax else model
+        static = paddle.jit.to_static(net, input_spec=[InputSpec([None, 3, None, None], "float32", name="x")], full_graph=True)
+        paddle.jit.save(static, os.path.join(staging, "inference"))
+        with open(os.path.join(staging, "inference.yml"), "w", encoding="utf-8") as f:
+            f.write(dump_yaml(description))
+        if not any(os.path.isfile(os.path.join(staging, name)) for name in GRAPH_FILES) or not os.path.isfile(
+                os.path.join(staging, MODEL_FILES[0])):
+            raise RuntimeError(f"paddle.jit.save wrote no inference model into {staging}")
+        _replace_dir(staging, save_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return save_dir
+
+
+def _replace_dir(new: str, target: str) -> None:
+    """Move the finished `new` directory to `target`, replacing a previous export as a whole."""
+    if not os.path.exists(target):
+        os.replace(new, target)
+        return
+    old = f"{target}.old-{os.getpid()}"
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,191 @@
+"""Optimizers and learning-rate schedules from a PaddleClas `Optimizer` section.
+
+Schedules are pure functions of the optimizer step (linear warmup, then the decay counted from the end
+of warmup, as PaddleClas's LinearWarmup wrapper does), stepped every optimizer step, so that resuming
+only needs the step count.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any, Callable, Dict, List, Mapping, Sequence
+
+import paddle
+from paddle.optimizer.lr import LRScheduler
+
+from ..config import ConfigError, section
+
+
+class WarmupSchedule(LRScheduler):
+    """lr(t) = linear from `warmup_start_lr` to `base_lr` over `warmup_steps`, then `decay(t - warmup)`.
+    With `by_epoch`, t is rounded down to a whole epoch."""
+
+    def __init__(self, name: str, base_lr: float, decay: Callable[[int], float], warmup_steps: int = 0,
+                 warmup_start_lr: float = 0.0, steps_per_epoch: int = 1, by_epoch: bool = False):
+        self.name = name
+        self.decay = decay
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_start_lr = float(warmup_start_lr)
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.by_epoch = by_epoch
+        super().__init__(learning_rate=float(base_lr))
+
+    def lr_at(self, step: int) -> float:
+        if self.by_epoch:
+            step = step // self.steps_per_epoch * self.steps_per_epoch
+        if step < self.warmup_steps:
+            return self.warmup_start_lr + (self.base_lr - self.warmup_start_lr) * step / self.warmup_steps
+        return self.decay(step - self.warmup_steps)
+
+    def get_lr(self) -> float:
+        return self.lr_at(max(self.last_epoch, 0))
+
+
+def _cosine(base: float, total: int, eta_min: float = 0.0) -> Callable[[int], float]:
+    total = max(total, 1)
+    return lambda t: eta_min + (base - eta_min) * 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+
+
+def _piecewise(boundaries: Sequence[int], values: Sequence[float]) -> Callable[[int], float]:
+    return lambda t: values[bisect.bisect_right(boundaries, t)]
+
+
+def _step(base: float, every: int, gamma: float) -> Callable[[int], float]:
+    return lambda t: base * gamma ** (t // max(every, 1))
+
+
+def _exponential(base: float, every: float, gamma: float, staircase: bool) -> Callable[[int], float]:
+    every = max(every, 1e-12)
+    return lambda t: base * gamma ** (math.floor(t / every) if staircase else t / every)
+
+
+SCHEDULES = ("Constant", "Cosine", "Piecewise", "Step", "Exponential")
+_SCHEDULE_KEYS = {
+    "Constant": set(),
+    "Cosine": {"eta_min"},
+    "Piecewise": {"decay_epochs", "values"},
+    "Step": {"step_size", "gamma"},
+    "Exponential": {"gamma", "decay_epochs", "staircase"},
+}
+_COMMON_KEYS = {"name", "learning_rate", "warmup_epoch", "warmup_start_lr", "by_epoch", "last_epoch"}
+
+
+def build_lr_schedule(cfg: Mapping[str, Any], epochs: int, steps_per_epoch: int, where: str = "Optimizer.lr") -> WarmupSchedule:
+    """`Optimizer.lr` -> schedule over `epochs * steps_per_epoch` optimizer steps.
+
+    Cosine(learning_rate, eta_min) · Piecewise(decay_epochs, values) · Step(learning_rate, step_size
+    [epochs], gamma) · Exponential(learning_rate, gamma, decay_epochs [may be fractional, e.g. 2.4],
+    staircase=True) · Constant(learning_rate); all with warmup_epoch, warmup_start_lr and by_epoch.
+    """
+    name = cfg.get("name")
+    if name not in SCHEDULES:
+        raise ConfigError(f"{where}.name: unknown learning-rate schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+    unknown = set(cfg) - _COMMON_KEYS - _SCHEDULE_KEYS[name]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} for {name}; known: "
+                          f"{sorted(_COMMON_KEYS | _SCHEDULE_KEYS[name])}")
+    total = epochs * steps_per_epoch
+    warmup = int(round(float(cfg.get("warmup_epoch", 0)) * steps_per_epoch))
+    if name == "Piecewise":
+        values = [float(v) for v in section(cfg, "values")]
+        boundaries = [int(round(float(e) * steps_per_epoch)) for e in section(cfg, "decay_epochs")]
+        if len(values) != len(boundaries) + 1:
+            raise ConfigError(f"{where}: Piecewise needs one more value than decay_epochs, got {len(values)} and {len(boundaries)}")
+        base, decay = values[0], _piecewise(boundaries, values)
+    else:
+        base = float(section(cfg, "learning_rate"))
+        if name == "Constant":
+            decay = lambda t: base  # noqa: E731
+        elif name == "Cosine":
+            decay = _cosine(base, total - warmup, float(cfg.get("eta_min", 0.0)))
+        elif name == "Step":
+            decay = _step(base, int(round(float(section(cfg, "step_size")) * steps_per_epoch)), float(section(cfg, "gamma")))
+        else:
+            decay = _exponential(base, float(cfg.get("decay_epochs", 1.0)) * steps_per_epoch, float(section(cfg, "gamma")),
+                                 bool(cfg.get("staircase", True)))
+    return WarmupSchedule(name, base, decay, warmup, float(cfg.get("warmup_start_lr", 0.0)), steps_per_epoch,
+                          bool(cfg.get("by_epoch", False)))
+
+
+class RMSPropTF(paddle.optimizer.RMSProp):
+    """RMSProp as TensorFlow 1 (and the EfficientNet recipe) runs it: epsilon inside the square root and
+    the mean-square accumulator starting at 1, not 0 (Paddle's start makes the first updates up to
+    1 / sqrt(1 - rho) times larger)."""
+
+    def _add_accumulator(self, name, param, *args, **kwargs):
+        if name == self._mean_square_acc_str:
+            kwargs["fill_value"] = 1.0
+        return super()._add_accumulator(name, param, *args, **kwargs)
+
+
+def _rmsprop(tf_style: bool = True, **kwargs):
+    return (RMSPropTF if tf_style else paddle.optimizer.RMSProp)(**kwargs)
+
+
+# name -> (constructor, {PaddleClas key: Paddle argument})
+OPTIMIZERS: Dict[str, tuple] = {
+    "Momentum": (paddle.optimizer.Momentum, {"momentum": "momentum", "use_nesterov": "use_nesterov"}),
+    "SGD": (paddle.optimizer.SGD, {}),
+    "RMSProp": (_rmsprop, {"momentum": "momentum", "rho": "rho", "epsilon": "epsilon", "centered": "centered",
+                           "tf_style": "tf_style"}),
+    "AdamW": (paddle.optimizer.AdamW, {"beta1": "beta1", "beta2": "beta2", "epsilon": "epsilon"}),
+}
+_OPTIMIZER_KEYS = {"name", "lr", "regularizer", "weight_decay", "no_weight_decay_name",
+                   "one_dim_param_no_weight_decay", "clip_norm", "multi_precision"}
+
+
+def _weight_decay(cfg: Mapping[str, Any], where: str) -> float:
+    """`regularizer: {name: L2, coeff}` (or AdamW's `weight_decay`) as a coefficient."""
+    regularizer = cfg.get("regularizer")
+    if regularizer:
+        if str(regularizer.get("name", "L2")).upper() != "L2":
+            raise ConfigError(f"{where}.regularizer.name: only L2 is supported, got {regularizer.get('name')!r}")
+        return float(regularizer.get("coeff", 0.0))
+    return float(cfg.get("weight_decay", 0.0) or 0.0)
+
+
+def decay_groups(named_params: Sequence[tuple], no_decay_names: Sequence[str], one_dim_no_decay: bool) -> tuple:
+    """Split trainable parameters into (decayed, exempt): exempt when the structured name contains one
+    of `no_decay_names` (e.g. "bn", "bias") or, with `one_dim_no_decay`, when it is 1-D (BN, biases)."""
+    decayed, exempt = [], []
+    for name, param in named_params:
+        if param.stop_gradient:
+            continue
+        skip = any(part in name for part in no_decay_names) or (one_dim_no_decay and len(param.shape) <= 1)
+        (exempt if skip else decayed).append(param)
+    return decayed, exempt
+
+
+def build_optimizer(cfg: Mapping[str, Any], model: paddle.nn.Layer, schedule: LRScheduler,
+                    where: str = "Optimizer") -> paddle.optimizer.Optimizer:
+    """Momentum, SGD, RMSProp (TF-style unless `tf_style: False`) or AdamW with L2 weight decay,
+    optionally exempting parameters by name (`no_weight_decay_name: "bn bias"`) or by being 1-D
+    (`one_dim_param_no_weight_decay: True`), and global-norm gradient clipping (`clip_norm`)."""
+    name = cfg.get("name")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"{where}.name: unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    constructor, key_map = OPTIMIZERS[name]
+    unknown = set(cfg) - _OPTIMIZER_KEYS - set(key_map)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} for {name}; known: {sorted(_OPTIMIZER_KEYS | set(key_map))}")
+    coeff = _weight_decay(cfg, where)
+    no_decay_names = str(cfg.get("no_weight_decay_name") or "").split()
+    decayed, exempt = decay_groups(list(model.named_parameters()), no_decay_names, bool(cfg.get("one_dim_param_no_weight_decay", False)))
+    args = {key_map[key]: value for key, value in cfg.items() if key in key_map}
+    if name == "AdamW":
+        exempt_names = {p.name for p in exempt}
+        args.update(parameters=decayed + exempt, weight_decay=coeff,
+                    apply_decay_param_fun=lambda param_name: param_name not in exempt_names)
+    else:
+        groups: List[Dict[str, Any]] = [{"params": decayed, "weight_decay": coeff}]
+        if exempt:
+            groups.append({"params": exempt, "weight_decay": 0.0})
+        args.update(parameters=groups, weight_decay=coeff)
+    if cfg.get("clip_norm"):
+        args["grad_clip"] = paddle.nn.ClipGradByGlobalNorm(float(cfg["clip_norm"]))
+    if cfg.get("multi_precision"):
+        args["multi_precision"] = True
+    try:
+        return constructor(learning_rate=schedule, **args)
+    except TypeError as error:
+        raise ConfigError(f"{where}: bad arguments for {name}: {error}") from error

@@ -1,0 +1,64 @@
+"""Classify image files with a dygraph model: gather the files, preprocess, batch, top-k."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable, Iterator, List, Sequence, Union
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from ..config import ConfigError
+from .postprocess import Topk
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+
+
+def collect_images(source: Union[str, Sequence[str]]) -> List[str]:
+    """Files to classify from one path or a list of paths: an image file, or a folder walked
+    (sorted, recursively) for files with image extensions."""
+    paths = [source] if isinstance(source, str) else list(source)
+    images: List[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                images += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(path):
+            images.append(path)
+        else:
+            raise ConfigError(f"Infer.infer_imgs: no such file or directory: {path}")
+    if not images:
+        raise ConfigError(f"Infer.infer_imgs: no image files found in {paths}")
+    return images
+
+
+def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def predict_files(model: paddle.nn.Layer, files: Sequence[str], transform: Callable[[bytes], np.ndarray],
+                  postprocess: Topk, batch_size: int = 10) -> Iterable[dict]:
+    """One result per file, in order: PaddleClas's {class_ids, scores, file_name, label_names}, or
+    {file_name, error} for a file that cannot be read or decoded (the others still get results)."""
+    model.eval()
+    for chunk in _batches(files, max(1, batch_size)):
+        images, good, errors = [], [], {}
+        for path in chunk:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+                if not data:
+                    raise ValueError("the file is empty")
+                images.append(transform(data))
+                good.append(path)
+            except Exception as error:  # any decode/transform failure is reported for that file only
+                errors[path] = f"{type(error).__name__}: {error}"
+        results = {}
+        if images:
+            with paddle.no_grad():
+                probabilities = F.softmax(model(paddle.to_tensor(np.stack(images))), axis=-1).numpy()
+            results = {r["file_name"]: r for r in postprocess(probabilities, good)}
+        for path in chunk:
+            yield results.get(path) or {"file_name": path, "error": errors[path]}
