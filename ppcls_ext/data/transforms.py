@@ -9,7 +9,6 @@ as in PaddleClas, so seeding both makes every op deterministic.
 from __future__ import annotations
 
 import inspect
-import io
 import math
 import random
 import re
@@ -17,10 +16,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..config import ConfigError, single_entry, unknown_name
 from .autoaugment import AutoAugment, ImageLike
+from .image_io import BACKENDS, DEFAULT_MAX_PIXELS, decode_image
 from .randaugment import RandAugment, RandAugmentV2
 
 _FRACTION = re.compile(r"^\s*([^/]+?)\s*/\s*([^/]+?)\s*$")
@@ -138,48 +138,31 @@ class Resizer:
 
 
 class DecodeImage:
-    """Decode the bytes of an image file into an HWC uint8 array (RGB when `to_rgb`; a PIL RGB image when
-    not `to_np`). Both backends apply the EXIF orientation (cv2.imdecode with IMREAD_COLOR does; for PIL
-    it is done here) and give 3 channels for grey or RGBA files."""
+    """Decode the bytes of an image file into an HWC uint8 array: RGB when `to_rgb` (else BGR), CHW when
+    `channel_first`, a PIL RGB image when not `to_np`. Any reasonable file decodes, upright (EXIF
+    orientation), with transparent pixels composited onto white, 16-bit samples reduced to 8 bits and
+    CMYK converted (see `image_io`); the default cv2 backend gives ordinary JPEG/PNG exactly the pixels
+    of cv2.imdecode as PaddleClas does. A file that cannot be decoded, or with more than `max_pixels`
+    pixels (checked from its header before decoding), raises ValueError("cannot decode image: ...")."""
 
-    def __init__(self, to_np: bool = True, to_rgb: bool = True, channel_first: bool = False, backend: str = "cv2"):
-        if not isinstance(backend, str) or backend.lower() not in ("cv2", "pil"):
+    def __init__(self, to_np: bool = True, to_rgb: bool = True, channel_first: bool = False, backend: str = "cv2",
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        if not isinstance(backend, str) or backend.lower() not in BACKENDS:
             raise ValueError(f"DecodeImage: backend must be 'cv2' or 'pil', got {backend!r}")
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels <= 0:
+            raise ValueError(f"DecodeImage: max_pixels must be a positive int, got {max_pixels!r}")
         self.to_np = to_np
         self.to_rgb = to_rgb
         self.channel_first = channel_first
         self.backend = backend.lower()
-
-    def _decode_cv2(self, data: bytes) -> np.ndarray:
-        array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if array is None:
-            raise ValueError(f"cannot decode image: OpenCV could not read {len(data)} bytes "
-                             f"(not an image, an unsupported format, or a truncated file)")
-        return cv2.cvtColor(array, cv2.COLOR_BGR2RGB) if self.to_rgb or not self.to_np else array
-
-    def _decode_pil(self, data: bytes) -> Image.Image:
-        try:
-            with Image.open(io.BytesIO(data)) as pil:
-                return ImageOps.exif_transpose(pil).convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise ValueError(f"cannot decode image: PIL could not read {len(data)} bytes ({error})") from error
+        self.max_pixels = int(max_pixels)
 
     def __call__(self, img: bytes) -> ImageLike:
         if not isinstance(img, (bytes, bytearray, memoryview)):
             raise TypeError(f"DecodeImage: expected the bytes of an image file, got {type(img).__name__}")
-        if len(img) == 0:
-            raise ValueError("cannot decode image: the file is empty (0 bytes)")
-        if self.backend == "cv2":
-            array = self._decode_cv2(img)
-            if not self.to_np:
-                return Image.fromarray(array)
-        else:
-            pil = self._decode_pil(img)
-            if not self.to_np:
-                return pil
-            array = np.asarray(pil)
-            if not self.to_rgb:
-                array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+        array = decode_image(bytes(img), self.backend, self.max_pixels, to_rgb=self.to_rgb or not self.to_np)
+        if not self.to_np:
+            return Image.fromarray(array)
         return array.transpose((2, 0, 1)) if self.channel_first else array
 
 
