@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Union
 
+import numpy as np
 import paddle
 
 from .models import ImageClassifier
@@ -152,3 +153,24 @@ def load_pretrained(model: ImageClassifier, source: PathLike, sha256: Optional[s
     skipped = load_weights(model, state, source=str(source))
     logger.info("loaded weights from %s", source)
     return skipped
+
+
+def randomize_(state_dict: Mapping[str, paddle.Tensor], seed: int = 0) -> Mapping[str, paddle.Tensor]:
+    """Overwrite every tensor in place with random values of a realistic scale (weights ~ 1/sqrt(fan_in),
+    BN scales near 1, running statistics away from their 0/1 defaults). Freshly initialised models give
+    near-zero logits through their heads; comparisons between implementations or backends need outputs
+    that exercise every tensor."""
+    rng = np.random.default_rng(seed)
+    for key, tensor in state_dict.items():
+        shape = tuple(tensor.shape)
+        values = rng.standard_normal(shape).astype("float32")
+        if key.endswith("_variance"):
+            values = np.abs(values) + 0.5
+        elif key.endswith(("_mean", "bias")):
+            values *= 0.1
+        elif len(shape) > 1:
+            values /= np.sqrt(np.prod(shape[1:]) if len(shape) == 4 else shape[0])
+        else:
+            values = 1.0 + 0.1 * values
+        tensor.set_value(paddle.to_tensor(values))
+    return state_dict

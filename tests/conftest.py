@@ -8,6 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
+
 paddle.set_device("cpu")
 
 # model name -> (PaddleClas module under paddleclas.ppcls.arch.backbone.model_zoo, size it is padded for)
@@ -29,25 +30,6 @@ def paddleclas_model(name: str) -> paddle.nn.Layer:
         model = getattr(module, name)()
     model.eval()
     return model
-
-
-def randomize_(state_dict: dict, seed: int = 0) -> dict:
-    """Overwrite every tensor with random values of a sensible scale (weights ~ 1/sqrt(fan_in), BN
-    statistics away from their 0/1 defaults) so that a parity check exercises every tensor."""
-    rng = np.random.default_rng(seed)
-    for key, tensor in state_dict.items():
-        shape = tuple(tensor.shape)
-        values = rng.standard_normal(shape).astype("float32")
-        if key.endswith("_variance"):
-            values = np.abs(values) + 0.5
-        elif key.endswith(("_mean", "bias")):
-            values *= 0.1
-        elif len(shape) > 1:
-            values /= np.sqrt(np.prod(shape[1:]) if len(shape) == 4 else shape[0])
-        else:
-            values = 1.0 + 0.1 * values
-        tensor.set_value(paddle.to_tensor(values))
-    return state_dict
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ import paddle
 import pytest
 
 import ppcls_ext
-from conftest import PADDLECLAS_VARIANTS, paddleclas_model, randomize_
+from conftest import PADDLECLAS_VARIANTS, paddleclas_model
+from ppcls_ext.weights import randomize_
 
 
 @pytest.fixture(scope="module", params=list(PADDLECLAS_VARIANTS))

@@ -13,7 +13,8 @@ import paddle.nn.functional as F
 import pytest
 
 import ppcls_ext
-from conftest import paddleclas_model, randomize_
+from conftest import paddleclas_model
+from ppcls_ext.weights import randomize_
 
 REPO = Path(__file__).resolve().parents[1]
 

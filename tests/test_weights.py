@@ -11,7 +11,8 @@ import pytest
 import ppcls_ext
 from ppcls_ext import registry
 from ppcls_ext.weights import IncompatibleWeightsError, WeightsDownloadError, download, load_pretrained
-from conftest import paddleclas_model, randomize_
+from conftest import paddleclas_model
+from ppcls_ext.weights import randomize_
 
 
 @pytest.fixture(scope="module")

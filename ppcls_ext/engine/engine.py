@@ -27,7 +27,7 @@ from .losses import build_loss
 from .metrics import build_metric
 from .optim import build_lr_schedule, build_optimizer
 from .postprocess import Topk
-from .predict import collect_images, predict_files
+from .predict import classify_files, collect_images, dygraph_runner
 
 MODES = ("train", "eval", "infer", "export")
 GLOBAL_KEYS = {"checkpoints", "pretrained_model", "output_dir", "device", "seed", "save_interval", "eval_during_train",
@@ -373,7 +373,8 @@ class Engine:
         files = collect_images(section(infer, "infer_imgs"))
         transform = build_transforms(self._infer_transforms(), "Infer.transforms")
         results = []
-        for result in predict_files(self.model, files, transform, self._postprocess(), int(infer.get("batch_size", 10))):
+        for result in classify_files(dygraph_runner(self.model), files, transform, self._postprocess(),
+                                     int(infer.get("batch_size", 10))):
             results.append(result)
             if json_path != "-":
                 print(result, flush=True)

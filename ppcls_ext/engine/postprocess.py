@@ -44,12 +44,16 @@ def read_label_names(path: str) -> Dict[int, str]:
 class Topk:
     """Per image: the `topk` class ids and scores, best first, with label names when a map is given."""
 
-    def __init__(self, topk: int = 5, class_id_map_file: Optional[str] = IMAGENET_LABELS):
+    def __init__(self, topk: int = 5, class_id_map_file: Optional[str] = IMAGENET_LABELS,
+                 label_names: Optional[Sequence[str]] = None):
         if not isinstance(topk, int) or topk < 1:
-            raise ConfigError(f"Infer.PostProcess.topk must be a positive integer, got {topk!r}")
+            raise ConfigError(f"PostProcess.Topk.topk must be a positive integer, got {topk!r}")
         self.topk = topk
-        path = resolve_label_file(class_id_map_file)
-        self.label_names = read_label_names(path) if path else None
+        if label_names is not None:
+            self.label_names: Optional[Dict[int, str]] = dict(enumerate(label_names))
+        else:
+            path = resolve_label_file(class_id_map_file)
+            self.label_names = read_label_names(path) if path else None
 
     def __call__(self, probabilities: np.ndarray, file_names: Sequence[str]) -> List[dict]:
         results = []

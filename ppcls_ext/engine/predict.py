@@ -11,19 +11,23 @@ import paddle.nn.functional as F
 from ..config import ConfigError
 from .postprocess import Topk
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
+                    ".ppm", ".pgm", ".pbm", ".pnm")
 
 
 def collect_images(source: Union[str, Sequence[str]]) -> List[str]:
-    """Files to classify from one path or a list of paths: an image file, or a folder walked
-    (sorted, recursively) for files with image extensions."""
+    """Files to classify from one path or a list of paths: a file named explicitly is always taken (the
+    decoder reports a non-image); a folder is walked (sorted, recursively) for files with image extensions,
+    leaving out hidden files and folders (such as macOS's '._photo.jpg' resource forks, which are not
+    images, and .DS_Store)."""
     paths = [source] if isinstance(source, str) else list(source)
     images: List[str] = []
     for path in paths:
         if os.path.isdir(path):
             for root, dirs, files in os.walk(path):
-                dirs.sort()
-                images += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                images += [os.path.join(root, f) for f in sorted(files)
+                           if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
         elif os.path.isfile(path):
             images.append(path)
         else:
@@ -38,11 +42,11 @@ def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start:start + size]
 
 
-def predict_files(model: paddle.nn.Layer, files: Sequence[str], transform: Callable[[bytes], np.ndarray],
-                  postprocess: Topk, batch_size: int = 10) -> Iterable[dict]:
+def classify_files(run_batch: Callable[[np.ndarray], np.ndarray], files: Sequence[str],
+                   transform: Callable[[bytes], np.ndarray], postprocess: Topk, batch_size: int = 10) -> Iterable[dict]:
     """One result per file, in order: PaddleClas's {class_ids, scores, file_name, label_names}, or
-    {file_name, error} for a file that cannot be read or decoded (the others still get results)."""
-    model.eval()
+    {file_name, error} for a file that cannot be read or decoded (the others still get results).
+    `run_batch` maps a preprocessed NCHW batch to class probabilities."""
     for chunk in _batches(files, max(1, batch_size)):
         images, good, errors = [], [], {}
         for path in chunk:
@@ -57,8 +61,17 @@ def predict_files(model: paddle.nn.Layer, files: Sequence[str], transform: Calla
                 errors[path] = f"{type(error).__name__}: {error}"
         results = {}
         if images:
-            with paddle.no_grad():
-                probabilities = F.softmax(model(paddle.to_tensor(np.stack(images))), axis=-1).numpy()
-            results = {r["file_name"]: r for r in postprocess(probabilities, good)}
+            results = {r["file_name"]: r for r in postprocess(run_batch(np.stack(images)), good)}
         for path in chunk:
             yield results.get(path) or {"file_name": path, "error": errors[path]}
+
+
+def dygraph_runner(model: paddle.nn.Layer) -> Callable[[np.ndarray], np.ndarray]:
+    """`run_batch` for a dygraph model: eval mode, no gradients, softmax."""
+    model.eval()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with paddle.no_grad():
+            return F.softmax(model(paddle.to_tensor(batch)), axis=-1).numpy()
+
+    return run
