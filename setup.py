@@ -28,7 +28,14 @@ setup(
         "paddleclas==2.6.0",
         "numpy",
         "opencv-python",
+        "Pillow",
         "pyyaml",
+        # ONNX export and ONNX Runtime (the fastest CPU backend); pinned so that paddle2onnx finds all it
+        # needs and has no reason to install anything at run time
+        "paddle2onnx==2.1.0",
+        "onnx==1.17.0",
+        "onnxoptimizer==0.3.13",
+        "onnxruntime>=1.17,<2",
     ] if r],
     extras_require={"test": ["pytest>=7"]},
 )

@@ -1,0 +1,34 @@
+"""Latency of each deployment backend for the given models, side by side, as a markdown table.
+
+    python deploy/python/benchmark.py -m MicroNet_M0 -m EfficientNetB0 --batch-sizes 1,8
+    python deploy/python/benchmark.py -m EfficientNetV2_S --size 384 --backends paddle-cpu-onednn,onnxruntime --markdown v2s.md
+"""
+import argparse
+
+from ppcls_ext.inference.benchmark import BACKENDS, benchmark, markdown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-m", "--model", action="append", required=True, help="model name (repeatable)")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, from {', '.join(BACKENDS)}")
+    parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    parser.add_argument("--size", type=int, help="image side (default: the model's eval size)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per backend (default 2)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per backend and batch size (default 20)")
+    parser.add_argument("--weights", help="weights to load (default: random; latency does not depend on them)")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args()
+    rows = []
+    for name in args.model:
+        rows += benchmark(name, args.backends.split(","), [int(b) for b in args.batch_sizes.split(",")], args.size,
+                          args.threads, args.repeats, weights=args.weights)
+    table = markdown(rows)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

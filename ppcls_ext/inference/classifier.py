@@ -1,0 +1,143 @@
+"""A deployed classifier: an export, the preprocessing it was evaluated with (its inference.yml), a
+backend, and top-k post-processing; plus backend selection by measurement."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+import statistics
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+from ..config import ConfigError
+from ..data.transforms import build_transforms
+from ..engine.export import deploy_transforms
+from ..engine.postprocess import Topk
+from ..engine.predict import classify_files
+from .onnx_backend import OnnxPredictor
+from .options import DeploymentError, InferenceOptions
+from .paddle_backend import PaddlePredictor, warmup_batches
+
+logger = logging.getLogger("ppcls_ext")
+DESCRIPTION_FILE = "inference.yml"
+
+
+def read_description(model_dir: str) -> Optional[Dict[str, Any]]:
+    """The export's inference.yml (preprocessing, top-k, labels), or None for exports without one."""
+    path = os.path.join(model_dir, DESCRIPTION_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, "r", encoding="utf-8") as f:
+        description = yaml.safe_load(f)
+    if not isinstance(description, dict) or "PreProcess" not in description:
+        raise ConfigError(f"{path} is not an export description (no PreProcess section)")
+    return description
+
+
+def median_latency(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, warmup: int = 3, repeats: int = 10) -> float:
+    """Median seconds per call after `warmup` calls."""
+    for _ in range(warmup):
+        run(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cpu_candidates(model_dir: str, options: InferenceOptions) -> List[Tuple[str, Callable[[], Any]]]:
+    """The CPU backends worth measuring: Paddle Inference with and without oneDNN, and ONNX Runtime
+    when installed."""
+    candidates = []
+    for onednn in (False, True):
+        variant = dataclasses.replace(options, enable_mkldnn=onednn, backend="paddle")
+        candidates.append((PaddlePredictor.describe(variant), lambda variant=variant: PaddlePredictor(model_dir, variant)))
+    if importlib.util.find_spec("onnxruntime") is not None:
+        candidates.append(("onnxruntime", lambda: OnnxPredictor(model_dir, options.cpu_threads)))
+    else:
+        logger.info("backend selection: onnxruntime is not installed; measuring Paddle Inference only")
+    return candidates
+
+
+def fastest_backend(model_dir: str, options: InferenceOptions, batch: np.ndarray):
+    """Build every CPU candidate, time it on `batch`, log the table and return the fastest."""
+    timings = []
+    for name, build in cpu_candidates(model_dir, options):
+        predictor = build()
+        timings.append((median_latency(predictor.run, batch), name, predictor))
+    timings.sort(key=lambda item: item[0])
+    table = ", ".join(f"{name} {seconds * 1000:.2f} ms" for seconds, name, _ in timings)
+    logger.info("backend selection (batch %s, median): %s -> using %s", tuple(batch.shape), table, timings[0][1])
+    return timings[0][2]
+
+
+def create_predictor(model_dir: str, options: InferenceOptions, image_shape: Sequence[int] = (3, 224, 224),
+                     batch_size: int = 1):
+    """A predictor for `options.backend`; "auto" on CPU measures the candidates on a batch of the
+    export's nominal size and keeps the fastest (on GPU it means Paddle Inference)."""
+    if options.backend == "onnxruntime":
+        if options.device != "cpu":
+            raise DeploymentError("the ONNX Runtime backend here runs on CPU; use backend paddle for GPU")
+        return OnnxPredictor(model_dir, options.cpu_threads)
+    if options.backend == "auto" and options.device == "cpu":
+        sample = np.random.default_rng(0).standard_normal((batch_size, *image_shape)).astype(np.float32)
+        return fastest_backend(model_dir, options, sample)
+    trt = options.tensorrt
+    warmup = warmup_batches(trt.collect_sizes, image_shape, trt.max_batch_size) if trt else None
+    return PaddlePredictor(model_dir, options, warmup)
+
+
+class DeployedClassifier:
+    """Classifies image files with an export of tools/export_model.py: its own preprocessing (so a
+    deployed model sees exactly what it was evaluated on), the chosen backend, top-k with names."""
+
+    def __init__(self, model_dir: str, options: Optional[InferenceOptions] = None, batch_size: int = 1,
+                 topk: Optional[int] = None, class_id_map_file: Optional[str] = None,
+                 preprocess: Optional[List[Any]] = None):
+        self.model_dir = model_dir
+        self.options = options or InferenceOptions()
+        self.batch_size = max(1, int(batch_size))
+        description = read_description(model_dir)
+        ops = self._preprocessing(description, preprocess)
+        self.transform = build_transforms([{"DecodeImage": {"to_rgb": True, "channel_first": False}}] + ops,
+                                          f"{model_dir}: PreProcess.transform_ops")
+        glob = (description or {}).get("Global", {})
+        self.softmax_in_model = bool(glob.get("softmax", True))
+        top = ((description or {}).get("PostProcess") or {}).get("Topk") or {}
+        self.postprocess = Topk(int(topk or top.get("topk", 5)), class_id_map_file,
+                                label_names=None if class_id_map_file else top.get("label_list"))
+        self.image_shape = tuple(glob.get("image_shape") or (3, 224, 224))
+        self.predictor = create_predictor(model_dir, self.options, self.image_shape, self.batch_size)
+
+    @staticmethod
+    def _preprocessing(description: Optional[Dict[str, Any]], configured: Optional[List[Any]]) -> List[Any]:
+        """The export's ops win; a deploy config's PreProcess serves exports without inference.yml."""
+        if description is None:
+            if not configured:
+                raise ConfigError("this export has no inference.yml: give PreProcess.transform_ops in the deploy config")
+            return deploy_transforms(configured)
+        exported = description["PreProcess"]["transform_ops"]
+        if configured and deploy_transforms(configured) != deploy_transforms(exported):
+            logger.warning("the deploy config's PreProcess differs from the export's inference.yml; using the "
+                           "export's (the preprocessing the model was evaluated with)")
+        return list(exported)
+
+    @property
+    def backend(self) -> str:
+        return self.predictor.name
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        outputs = self.predictor.run(batch)
+        if self.softmax_in_model:
+            return outputs
+        shifted = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+
+    def classify(self, files: Sequence[str]) -> Iterable[dict]:
+        """Results per file, in order (see `classify_files`)."""
+        return classify_files(self.probabilities, files, self.transform, self.postprocess, self.batch_size)

@@ -1,0 +1,69 @@
+"""ONNX: convert an export with paddle2onnx, and run it with ONNX Runtime.
+
+paddle2onnx's default post-processing (Polygraphy constant folding) switches Polygraphy's automatic
+`pip install` on and pulled numpy 2 over the pinned 1.24.4; the onnxoptimizer route used here installs
+nothing, and ONNX Runtime folds constants itself when it loads the model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+
+from .options import DeploymentError
+from .paddle_backend import PARAMS_FILE, PROGRAM_FILES, model_format
+
+logger = logging.getLogger("ppcls_ext")
+ONNX_FILE = "inference.onnx"  # the name PaddleClas's own deploy predictor reads with use_onnx
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError as error:
+        raise DeploymentError(f"the ONNX path needs {module}, one of ppcls_ext's requirements: pip install -e . ({error})") from error
+
+
+def export_onnx(model_dir: str, opset: int = 13, force: bool = False) -> str:
+    """Convert `model_dir`'s Paddle export to `model_dir/inference.onnx` (kept while newer than the
+    weights, unless `force`); written under a temporary name and renamed."""
+    target = os.path.join(model_dir, ONNX_FILE)
+    params = os.path.join(model_dir, PARAMS_FILE)
+    program = os.path.join(model_dir, PROGRAM_FILES[model_format(model_dir)])
+    if not force and os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(params):
+        return target
+    paddle2onnx = _require("paddle2onnx")
+    partial = f"{target}.{os.getpid()}.partial"
+    try:
+        paddle2onnx.export(program, params, partial, opset_version=opset, optimize_tool="onnxoptimizer",
+                           enable_onnx_checker=True, verbose=False)
+        if not os.path.isfile(partial):
+            raise DeploymentError(f"paddle2onnx wrote no model for {model_dir}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    logger.info("ONNX: converted %s to %s", program, target)
+    return target
+
+
+class OnnxPredictor:
+    """ONNX Runtime on CPU; `run(batch)` maps an NCHW float32 batch to the outputs."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_dir: str, threads: Optional[int] = None):
+        ort = _require("onnxruntime")
+        path = export_onnx(model_dir)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
