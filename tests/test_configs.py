@@ -10,11 +10,13 @@ import ppcls_ext
 from conftest import REPO
 from ppcls_ext.config import load_config, section
 from ppcls_ext.data.batch_ops import build_batch_ops
-from ppcls_ext.data.transforms import CropImage, CropImageAtRatio, NormalizeImage, RandCropImage, ResizeImage, build_transforms
+from ppcls_ext.data.transforms import (CropImage, CropImageAtRatio, NormalizeImage, RandAugment, RandCropImage, ResizeImage,
+                                       build_transforms)
 from ppcls_ext.engine import Engine
 from ppcls_ext.engine.losses import build_loss
 from ppcls_ext.engine.metrics import build_metric
 from ppcls_ext.engine.optim import build_lr_schedule, build_optimizer
+from ppcls_ext.engine.progressive import build_schedule
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "ImageNet", "*", "*.yaml")))
 
@@ -40,7 +42,13 @@ def test_shipped_config_is_complete_and_matches_the_registry(path):
     train = build_transforms(section(config, "DataLoader.Train.dataset.transform_ops"), "train")
     evaluate = build_transforms(section(config, "DataLoader.Eval.dataset.transform_ops"), "eval")
     infer = build_transforms(section(config, "Infer.transforms"), "infer")
-    assert train.find(RandCropImage)[0].size == defaults.train_size
+    schedule = build_schedule(section(config, "Global"), name, train, section(config, "Global.epochs"))
+    if schedule is None:
+        assert train.find(RandCropImage)[0].size == defaults.train_size
+    else:  # progressive (V2 S/M/L/XL): the transforms hold the last stage's values
+        last = schedule.at(schedule.epochs)
+        assert train.find(RandCropImage)[0].size == last.image_size and train.find(RandAugment)[0].magnitude == last.magnitude
+        assert schedule.stages == 4 and schedule.at(1).image_size == 128 and abs(last.image_size - defaults.train_size) <= 4
     if defaults.crop_mode == "resize_short":
         assert evaluate.find(ResizeImage)[0].resize_short == defaults.resize_short
         assert evaluate.find(CropImage)[0].size == (defaults.eval_size, defaults.eval_size)
@@ -213,14 +221,18 @@ def test_an_upstream_style_micronet_config_trains_unmodified(digits, tmp_path, e
 
 
 def test_an_upstream_style_efficientnetv2_config_trains_with_small_images(digits, tmp_path, engine_log):
-    """PaddleClas's EfficientNetV2_S layout: AMP section without use_amp, use_sync_bn, train_mode,
-    128/128 normalisation, CropImageAtRatio; images shrunk to 64 px so that CPU training is quick."""
+    """PaddleClas's EfficientNetV2_S layout: AMP section without use_amp, use_sync_bn, train_mode
+    efficientnetv2 (progressive learning: the S preset, with images shrunk to 32-64 px so that CPU
+    training is quick), RandAugmentV2, 128/128 normalisation, CropImageAtRatio."""
     text = UPSTREAM_STYLE_MICRONET.format(out=tmp_path / "out", root=digits)
     text = (text.replace("name: MicroNet_M0\n  class_num: 10", "name: EfficientNetV2_S\n  class_num: 10\n  use_sync_bn: True")
             .replace("  to_static: False", "  train_mode: efficientnetv2")
             .replace("  use_amp: False\n", "")
             .replace("size: 224\n            interpolation: bilinear\n            use_log_aspect: True\n            backend: pil",
                      "size: 64\n            scale: [0.05, 1.0]")
+            .replace("        - RandFlipImage:\n            flip_code: 1\n",
+                     "        - RandFlipImage:\n            flip_code: 1\n        - RandAugmentV2:\n            num_layers: 2\n"
+                     "            magnitude: 5\n")
             .replace("        - ResizeImage:\n            resize_short: 256\n            interpolation: bilinear\n"
                      "            backend: pil\n        - CropImage:\n            size: 224",
                      "        - CropImageAtRatio:\n            size: 64\n            pad: 32\n            interpolation: bilinear")
@@ -231,7 +243,8 @@ def test_an_upstream_style_efficientnetv2_config_trains_with_small_images(digits
     (digits / "train_tiny.txt").write_text("\n".join((digits / "train_small.txt").read_text().splitlines()[::8]) + "\n")
     path = tmp_path / "EfficientNetV2_S.yaml"
     path.write_text(text)
-    Engine(load_config(str(path)), "train").train()
+    Engine(load_config(str(path), ["Global.epochs=2", "Global.progressive.image_size=[32, 64]"]), "train").train()
     assert "AMP (mixed precision) needs a GPU; training in float32 on CPU" in engine_log.text
-    assert "Global.train_mode=efficientnetv2 is ignored" in engine_log.text
+    assert "[Progressive] stage 1/2 from epoch 1: image_size 32, magnitude 5, mixup_alpha 0, cutmix_alpha 0, dropout 0.1" in engine_log.text
+    assert "[Progressive] stage 2/2 from epoch 2: image_size 64, magnitude 15" in engine_log.text
     assert os.path.isfile(tmp_path / "out" / "EfficientNetV2_S" / "latest.pdparams")

@@ -117,3 +117,10 @@ def build_dataloader(
         collate_fn=_Collate(batch_ops),
         worker_init_fn=seeder,
     )
+
+
+def train_pipeline(loader):
+    """(transform Compose, batch operators or None) of a loader from `build_dataloader`, for schedules
+    that change augmentation between epochs."""
+    dataset = loader.dataset.dataset if isinstance(loader.dataset, IndexedDataset) else loader.dataset
+    return dataset.transform, loader.collate_fn.batch_ops

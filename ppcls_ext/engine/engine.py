@@ -16,7 +16,7 @@ import paddle.distributed as dist
 
 from .. import registry
 from ..config import ConfigError, section
-from ..data.loader import WorkerSeeder, build_dataloader
+from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..data.transforms import build_transforms
 from ..weights import load_pretrained, load_weights
 from .checkpoint import load_training_checkpoint, portable_optimizer_state, restore_optimizer_state, save_checkpoint
@@ -28,14 +28,14 @@ from .metrics import build_metric
 from .optim import build_lr_schedule, build_optimizer
 from .postprocess import Topk
 from .predict import classify_files, collect_images, dygraph_runner
+from .progressive import KNOBS, apply_stage, build_schedule
 
 MODES = ("train", "eval", "infer", "export")
 GLOBAL_KEYS = {"checkpoints", "pretrained_model", "output_dir", "device", "seed", "save_interval", "eval_during_train",
                "eval_interval", "epochs", "print_batch_step", "use_visualdl", "image_shape", "save_inference_dir",
-               "update_freq", "infer_add_softmax"}
+               "update_freq", "infer_add_softmax", "train_mode", "progressive"}
 # PaddleClas keys accepted in upstream configs but without effect here (logged)
 IGNORED_GLOBAL_KEYS = {"to_static": "dygraph training is used", "use_dali": "DALI is not supported; paddle.io is used",
-                       "train_mode": "progressive training is not implemented yet; training at a fixed size",
                        "use_multilabel": "multi-label training is not supported", "profiler_options": "no profiler"}
 
 
@@ -135,6 +135,10 @@ class Engine:
         self.epochs = int(self.glob.get("epochs", 1))
         self.update_freq = max(1, int(self.glob.get("update_freq", 1)))
         self.train_loader = build_dataloader(self.config, "Train", self.class_num, seeder=self.seeder)
+        self.train_ops, self.batch_ops = train_pipeline(self.train_loader)
+        self.progressive = build_schedule(self.glob, self.model_name, self.train_ops, self.epochs)
+        if self.progressive is not None:  # fail at start-up, not in a later stage, if an operator is missing
+            apply_stage(self.progressive.at(self.epochs), self.train_ops, self.batch_ops, self.model)
         self.iters_per_epoch = len(self.train_loader)
         self.steps_per_epoch = -(-self.iters_per_epoch // self.update_freq)
         self.train_loss = build_loss(section(self.config, "Loss.Train"), "Loss.Train")
@@ -146,7 +150,9 @@ class Engine:
         self.ema = ModelEMA(self.model, float(ema_cfg.get("decay", 0.9999)), bool(ema_cfg.get("decay_warmup", True))) if ema_cfg else None
         self._setup_amp()
         self.start_epoch, self.best, self.best_ema, self.global_step = 1, 0.0, 0.0, 0
-        self.history: List[Dict[str, Any]] = []  # per epoch: {"epoch", "train": {...}, "eval": {...}}
+        # per epoch: {"epoch", "train": {...}, "train_seconds", "eval": {...}, "progressive": StageValues}
+        self.history: List[Dict[str, Any]] = []
+        self._stage: Optional[int] = None  # the progressive stage last applied (a change is logged)
         if self.glob.get("checkpoints"):
             self._resume(str(self.glob["checkpoints"]))
         self.writer = ScalarWriter(os.path.join(self.output_dir, "vdl") if self.glob.get("use_visualdl") and self.rank == 0 else None)
@@ -186,32 +192,49 @@ class Engine:
     # --- training -----------------------------------------------------------------------------------
 
     def train(self) -> Dict[str, float]:
-        """Train for Global.epochs, evaluating, checkpointing and logging as PaddleClas does."""
+        """Train for Global.epochs, evaluating, checkpointing and logging as PaddleClas does; returns the
+        last evaluation."""
         last_eval: Dict[str, float] = {}
-        save_interval = max(1, int(self.glob.get("save_interval", 1)))
-        eval_interval = max(1, int(self.glob.get("eval_interval", 1)))
         for epoch in range(self.start_epoch, self.epochs + 1):
-            record = {"epoch": epoch, "train": self._train_epoch(epoch)}
-            self._average_running_stats()
-            if self.eval_loader is not None and (epoch % eval_interval == 0 or epoch == self.epochs):
-                last_eval = record["eval"] = self.evaluate(self.net, epoch)
-                if last_eval["top1"] > self.best:
-                    self.best = last_eval["top1"]
-                    self._save("best_model", epoch, with_training_state=False)
-                logger.info("[Eval][Epoch %d][best metric: %.5f]", epoch, self.best)
-                self.writer.add({"eval_top1": last_eval["top1"]}, epoch)
-                if self.ema is not None:
-                    ema_eval = self.evaluate(self.ema.module, epoch, label="Eval(EMA)")
-                    if ema_eval["top1"] > self.best_ema:
-                        self.best_ema = ema_eval["top1"]
-                        self._save("best_model_ema", epoch, with_training_state=False, weights=self.ema.state_dict())
-                    logger.info("[Eval(EMA)][Epoch %d][best metric: %.5f]", epoch, self.best_ema)
-            if epoch % save_interval == 0:
-                self._save(f"epoch_{epoch}", epoch)
-            self._save("latest", epoch)
-            self.history.append(record)
+            last_eval = self.run_epoch(epoch).get("eval", last_eval)
         self.writer.close()
         return last_eval
+
+    def run_epoch(self, epoch: int) -> Dict[str, Any]:
+        """One epoch of `train()`: progressive stage, training, evaluation when due, checkpoints. Returns
+        (and appends to `history`) {"epoch", "train", "train_seconds", "eval", "progressive"}."""
+        record: Dict[str, Any] = {"epoch": epoch}
+        if self.progressive is not None:
+            values = self.progressive.at(epoch)
+            apply_stage(values, self.train_ops, self.batch_ops, self.model)
+            if values.stage != self._stage:
+                logger.info("[Progressive] %s", values.describe())
+                self._stage = values.stage
+            record["progressive"] = values
+            self.writer.add({f"progressive/{k}": getattr(values, k) for k in KNOBS if getattr(values, k) is not None}, epoch)
+        started = time.time()
+        record["train"] = self._train_epoch(epoch)
+        record["train_seconds"] = time.time() - started
+        self._average_running_stats()
+        eval_interval = max(1, int(self.glob.get("eval_interval", 1)))
+        if self.eval_loader is not None and (epoch % eval_interval == 0 or epoch == self.epochs):
+            record["eval"] = self.evaluate(self.net, epoch)
+            if record["eval"]["top1"] > self.best:
+                self.best = record["eval"]["top1"]
+                self._save("best_model", epoch, with_training_state=False)
+            logger.info("[Eval][Epoch %d][best metric: %.5f]", epoch, self.best)
+            self.writer.add({"eval_top1": record["eval"]["top1"]}, epoch)
+            if self.ema is not None:
+                ema_eval = self.evaluate(self.ema.module, epoch, label="Eval(EMA)")
+                if ema_eval["top1"] > self.best_ema:
+                    self.best_ema = ema_eval["top1"]
+                    self._save("best_model_ema", epoch, with_training_state=False, weights=self.ema.state_dict())
+                logger.info("[Eval(EMA)][Epoch %d][best metric: %.5f]", epoch, self.best_ema)
+        if epoch % max(1, int(self.glob.get("save_interval", 1))) == 0:
+            self._save(f"epoch_{epoch}", epoch)
+        self._save("latest", epoch)
+        self.history.append(record)
+        return record
 
     def _train_epoch(self, epoch: int) -> Dict[str, float]:
         self.net.train()
