@@ -271,3 +271,18 @@ def test_paddleclas_wheel_predictor_runs_our_export_and_agrees(exports, tmp_path
     ours = next(iter(DeployedClassifier(directory, InferenceOptions(cpu_threads=2)).classify([str(folder / "img2.png")])))
     assert their_ids == ours["class_ids"]
     assert their_scores == pytest.approx(ours["scores"], abs=0.006)  # PaddleClas prints two decimals
+
+
+def test_export_leaves_the_model_a_dygraph_layer(tmp_path):
+    """paddle.jit.to_static replaces a layer's forward for good; the export converts a wrapper instead, so
+    the caller's model keeps training and running eagerly after being exported."""
+    model = ppcls_ext.create_model("MicroNet_M0")
+    forward = model.forward
+    for softmax in (False, True):
+        export_inference_model(model, str(tmp_path / f"export_{softmax}"),
+                               inference_config("MicroNet_M0", [], 5, None, [3, 64, 64], softmax), softmax=softmax)
+        assert model.forward == forward, type(model.forward)
+    model.train()
+    loss = model(paddle.randn([2, 3, 64, 64])).sum()
+    loss.backward()
+    assert model.classifier.fc.weight.grad is not None

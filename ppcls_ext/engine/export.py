@@ -19,13 +19,17 @@ MODEL_FILES = ("inference.pdiparams",)
 GRAPH_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
 
 
-class _WithSoftmax(nn.Layer):
-    def __init__(self, model: nn.Layer):
+class _Exported(nn.Layer):
+    """What gets converted to a static graph: the model (left a dygraph layer itself, as `to_static` would
+    otherwise replace its `forward` for good), with softmax appended on request."""
+
+    def __init__(self, model: nn.Layer, softmax: bool):
         super().__init__()
-        self.model = model
+        self.model, self.softmax = model, softmax
 
     def forward(self, x):
-        return nn.functional.softmax(self.model(x), axis=-1)
+        logits = self.model(x)
+        return nn.functional.softmax(logits, axis=-1) if self.softmax else logits
 
 
 def _scale_number(value: Any) -> Any:
@@ -76,9 +80,11 @@ def export_inference_model(model: nn.Layer, save_dir: str, description: Dict[str
     shutil.rmtree(staging, ignore_errors=True)
     try:
         model.eval()
-        net = _WithSoftmax(model) if softmax else model
-        static = paddle.jit.to_static(net, input_spec=[InputSpec([None, 3, None, None], "float32", name="x")], full_graph=True)
+        static = paddle.jit.to_static(_Exported(model, softmax), full_graph=True,
+                                      input_spec=[InputSpec([None, 3, None, None], "float32", name="x")])
         paddle.jit.save(static, os.path.join(staging, "inference"))
+        description = {**description, "Global": {**description.get("Global", {}),
+                                                  "data_format": getattr(model, "data_format", "NCHW")}}
         with open(os.path.join(staging, "inference.yml"), "w", encoding="utf-8") as f:
             f.write(dump_yaml(description))
         if not any(os.path.isfile(os.path.join(staging, name)) for name in GRAPH_FILES) or not os.path.isfile(
