@@ -13,12 +13,32 @@ import sys
 from types import ModuleType
 from typing import Callable
 
+import paddle
 import paddle.nn as nn
 
 from .registry import create_model, list_models, paddleclas_arch_options
 
 ARCH_MODULES = ("paddleclas.ppcls.arch", "ppcls.arch")
 TARGET_MODULES = ARCH_MODULES + tuple(f"{name}.backbone" for name in ARCH_MODULES)
+#: the variants PaddleClas has its own class for -> their module under paddleclas.ppcls.arch.backbone.model_zoo
+PADDLECLAS_MODULES = {
+    **{f"MicroNet_M{i}": "micronet" for i in range(4)},
+    **{f"EfficientNetB{i}": "efficientnet" for i in range(8)},
+    **{f"EfficientNetV2_{v}": "efficientnet_v2" for v in ("S", "M", "L", "XL")},
+}
+
+
+def paddleclas_original(name: str, **kwargs) -> nn.Layer:
+    """PaddleClas's own class for `name` (not ours, even after registration), in eval mode: the reference
+    that tests and benchmarks compare against. Built in a fresh unique-name scope: PaddleClas's
+    EfficientNet gives its parameters fixed names and cannot be built twice in one process otherwise."""
+    if name not in PADDLECLAS_MODULES:
+        raise ValueError(f"PaddleClas has no class for {name!r}; it has {', '.join(PADDLECLAS_MODULES)}")
+    module = importlib.import_module(f"paddleclas.ppcls.arch.backbone.model_zoo.{PADDLECLAS_MODULES[name]}")
+    with paddle.utils.unique_name.guard():
+        model = getattr(module, name)(**kwargs)
+    model.eval()
+    return model
 
 
 def paddleclas_builder(name: str) -> Callable[..., nn.Layer]:

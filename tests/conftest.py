@@ -1,35 +1,21 @@
 """Shared helpers: PaddleClas reference models and weight randomisation."""
 from __future__ import annotations
 
-import importlib
 import os
 
 import numpy as np
 import paddle
 import pytest
 
+from ppcls_ext.paddleclas_plugin import PADDLECLAS_MODULES
+from ppcls_ext.registry import get_model_config
+
 
 paddle.set_device("cpu")
 
-# model name -> (PaddleClas module under paddleclas.ppcls.arch.backbone.model_zoo, size it is padded for)
-PADDLECLAS_VARIANTS = {
-    **{f"MicroNet_M{i}": ("micronet", 224) for i in range(4)},
-    **{f"EfficientNetB{i}": ("efficientnet", s) for i, s in enumerate((224, 240, 260, 300, 380, 456, 528, 600))},
-    # PaddleClas pads every V2 variant as if the input were 384 px
-    **{f"EfficientNetV2_{v}": ("efficientnet_v2", 384) for v in ("S", "M", "L", "XL")},
-}
-
-
-def paddleclas_model(name: str) -> paddle.nn.Layer:
-    """PaddleClas's own class for `name` (not ours, even when ppcls_ext has registered its names).
-    Built under a fresh unique-name scope: PaddleClas's EfficientNet names its parameters with fixed
-    ParamAttr names and cannot be built twice in one process otherwise."""
-    module_name, _ = PADDLECLAS_VARIANTS[name]
-    module = importlib.import_module(f"paddleclas.ppcls.arch.backbone.model_zoo.{module_name}")
-    with paddle.utils.unique_name.guard():
-        model = getattr(module, name)()
-    model.eval()
-    return model
+# PaddleClas's variants -> the input size its class is padded for (every V2 variant as if for 384 px)
+PADDLECLAS_VARIANTS = {name: 384 if name.startswith("EfficientNetV2") else get_model_config(name).eval_size
+                       for name in PADDLECLAS_MODULES}
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ import paddle
 import pytest
 
 import ppcls_ext
-from conftest import PADDLECLAS_VARIANTS, paddleclas_model
+from conftest import PADDLECLAS_VARIANTS
+from ppcls_ext.paddleclas_plugin import paddleclas_original
 from ppcls_ext.weights import randomize_
 
 
@@ -13,13 +14,13 @@ from ppcls_ext.weights import randomize_
 def pair(request):
     """(name, PaddleClas's model with random weights, ours loaded from its state dict, nominal size)."""
     name = request.param
-    theirs = paddleclas_model(name)
+    theirs = paddleclas_original(name)
     state = randomize_(theirs.state_dict(), seed=len(name))
     theirs.set_state_dict(state)
     ours = ppcls_ext.create_model(name)
     ppcls_ext.load_weights(ours, state, source=f"PaddleClas {name}")
     ours.eval()
-    yield name, theirs, ours, PADDLECLAS_VARIANTS[name][1]
+    yield name, theirs, ours, PADDLECLAS_VARIANTS[name]
 
 
 def test_key_map_is_a_bijection_onto_our_tensors(pair):

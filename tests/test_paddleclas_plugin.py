@@ -13,7 +13,7 @@ import paddle.nn.functional as F
 import pytest
 
 import ppcls_ext
-from conftest import paddleclas_model
+from ppcls_ext.paddleclas_plugin import paddleclas_original
 from ppcls_ext.weights import randomize_
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def test_paddleclas_loader_puts_official_layout_weights_into_our_model(tmp_path)
     from paddleclas.ppcls.arch import build_model
     from paddleclas.ppcls.utils.save_load import load_dygraph_pretrain
 
-    theirs = paddleclas_model("EfficientNetB0")
+    theirs = paddleclas_original("EfficientNetB0")
     theirs.set_state_dict(randomize_(theirs.state_dict(), seed=11))
     paddle.save(theirs.state_dict(), str(tmp_path / "EfficientNetB0_pretrained.pdparams"))
     ours = build_model({"Arch": {"name": "EfficientNetB0", "class_num": 1000}, "Global": {"device": "cpu"}})

@@ -10,15 +10,14 @@ import pytest
 
 import ppcls_ext
 from ppcls_ext import registry
-from ppcls_ext.weights import IncompatibleWeightsError, WeightsDownloadError, download, load_pretrained
-from conftest import paddleclas_model
-from ppcls_ext.weights import randomize_
+from ppcls_ext.paddleclas_plugin import paddleclas_original
+from ppcls_ext.weights import IncompatibleWeightsError, WeightsDownloadError, download, load_pretrained, randomize_
 
 
 @pytest.fixture(scope="module")
 def m0_reference():
     """PaddleClas's MicroNet_M0 with random weights, and its logits on a fixed input."""
-    theirs = paddleclas_model("MicroNet_M0")
+    theirs = paddleclas_original("MicroNet_M0")
     theirs.set_state_dict(randomize_(theirs.state_dict(), seed=3))
     x = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype("float32"))
     return theirs, x, theirs(x).numpy()
@@ -39,7 +38,7 @@ def test_paddleclas_and_our_layouts_load_to_the_same_model(m0_reference, tmp_pat
     from_ours = ppcls_ext.create_model("MicroNet_M0", pretrained=str(tmp_path / "ours"))
     np.testing.assert_allclose(logits(from_ours, x), expected, atol=1e-5)
     # and our weights exported under PaddleClas's names load into PaddleClas's class
-    again = paddleclas_model("MicroNet_M0")
+    again = paddleclas_original("MicroNet_M0")
     again.set_state_dict(from_ours.to_paddleclas_state_dict())
     np.testing.assert_allclose(logits(again, x), expected, atol=1e-5)
 
