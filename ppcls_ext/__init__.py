@@ -1,11 +1,16 @@
 """ppcls_ext: MicroNet, EfficientNet and EfficientNetV2 for PaddlePaddle, as a PaddleClas plugin.
 
-Importing the package registers every model with PaddleClas's `build_model` (see `paddleclas_plugin`).
+Importing the package registers every model with PaddleClas's `build_model` (see `paddleclas_plugin`)
+and, before Paddle is loaded, applies the CPU settings of `cpu_env` (`PPCLS_EXT_CPU_TUNING=0`: off).
 """
-from . import paddleclas_plugin
-from .models import FeatureExtractor, FeatureInfo, ImageClassifier
-from .registry import ModelConfig, UnknownModelError, create_model, get_model_config, list_models
-from .weights import IncompatibleWeightsError, WeightsDownloadError, load_pretrained, load_weights
+from . import cpu_env
+
+cpu_env.apply()
+
+from . import paddleclas_plugin  # noqa: E402
+from .models import FeatureExtractor, FeatureInfo, ImageClassifier  # noqa: E402
+from .registry import ModelConfig, UnknownModelError, create_model, get_model_config, list_models  # noqa: E402
+from .weights import IncompatibleWeightsError, WeightsDownloadError, load_pretrained, load_weights  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -131,6 +131,9 @@ def get_model_config(name: str) -> ModelConfig:
     return _REGISTRY[name]
 
 
+DATA_FORMATS = ("NCHW", "NHWC")
+
+
 def create_model(
     name: str,
     class_num: int = 1000,
@@ -138,6 +141,7 @@ def create_model(
     *,
     features_only: bool = False,
     out_strides: Sequence[int] = (4, 8, 16, 32),
+    data_format: str = "NCHW",
     **options,
 ) -> nn.Layer:
     """Build model `name` with `class_num` outputs.
@@ -146,14 +150,18 @@ def create_model(
         of a `.pdparams` file in our layout or PaddleClas's. A classifier of another class count is
         skipped (and logged); any other mismatch is an error.
     features_only: return a `FeatureExtractor` giving the stage outputs at `out_strides` instead.
+    data_format: "NCHW", or "NHWC" to compute channels-last (inputs stay NCHW; see
+        `ImageClassifier.to_channels_last`).
     options: per family - dropout (all), drop_path_rate and padding ("same" / "symmetric", EfficientNets).
     """
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
     config = get_model_config(name)
     family = _FAMILIES[config.family]
     unknown = sorted(set(options) - family.options)
     if unknown:
         raise TypeError(f"{name} got unexpected option(s) {unknown}; accepted: class_num, pretrained, "
-                        f"features_only, out_strides, {', '.join(sorted(family.options))}")
+                        f"features_only, out_strides, data_format, {', '.join(sorted(family.options))}")
     if not isinstance(class_num, int) or isinstance(class_num, bool) or class_num < 0:
         raise ValueError(f"class_num must be a non-negative integer, got {class_num!r}")
     options.setdefault("dropout", config.dropout)
@@ -166,6 +174,8 @@ def create_model(
                 raise ValueError(f"{name} has no official pretrained weights; pass pretrained=<path or URL of a .pdparams>")
             pretrained = config.weights_url
         load_pretrained(model, pretrained)
+    if data_format == "NHWC":
+        model.to_channels_last()
     return FeatureExtractor(model, out_strides) if features_only else model
 
 

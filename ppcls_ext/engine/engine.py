@@ -14,10 +14,11 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from .. import registry
+from .. import cpu_env, registry
 from ..config import ConfigError, section
 from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..data.transforms import build_transforms
+from ..models.deploy import deploy_form
 from ..weights import load_pretrained, load_weights
 from .checkpoint import load_training_checkpoint, portable_optimizer_state, restore_optimizer_state, save_checkpoint
 from .ema import ModelEMA
@@ -33,7 +34,7 @@ from .progressive import KNOBS, apply_stage, build_schedule
 MODES = ("train", "eval", "infer", "export")
 GLOBAL_KEYS = {"checkpoints", "pretrained_model", "output_dir", "device", "seed", "save_interval", "eval_during_train",
                "eval_interval", "epochs", "print_batch_step", "use_visualdl", "image_shape", "save_inference_dir",
-               "update_freq", "infer_add_softmax", "train_mode", "progressive"}
+               "update_freq", "infer_add_softmax", "train_mode", "progressive", "export_deploy_form"}
 # PaddleClas keys accepted in upstream configs but without effect here (logged)
 IGNORED_GLOBAL_KEYS = {"to_static": "dygraph training is used", "use_dali": "DALI is not supported; paddle.io is used",
                        "use_multilabel": "multi-label training is not supported", "profiler_options": "no profiler"}
@@ -50,7 +51,7 @@ def build_model(arch: Dict[str, Any]) -> paddle.nn.Layer:
         return registry.create_model(name, **registry.paddleclas_arch_options(name, options))
     except registry.UnknownModelError as error:
         raise ConfigError(f"Arch.name: {error}") from error
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ConfigError(f"Arch: {error}") from error
 
 
@@ -90,6 +91,9 @@ class Engine:
         init_logger(os.path.join(self.output_dir, f"{mode}.log"), self.rank)
         self._check_global_keys()
         self.device = _set_device(self.glob.get("device", "cpu"))
+        if self.device == "cpu":
+            for note in cpu_env.APPLIED:
+                logger.info("[CPU] %s", note)
         if self.world_size > 1 and mode in ("train", "eval"):
             dist.init_parallel_env()
         _seed_everything(self.glob.get("seed"), self.rank)
@@ -418,6 +422,8 @@ class Engine:
         softmax = bool(self.glob.get("infer_add_softmax", True))
         description = inference_config(self.model_name, deploy_transforms(self._infer_transforms()), post.topk, names,
                                        image_shape, softmax)
-        path = export_inference_model(self.model, save_dir, description, softmax=softmax)
-        logger.info("exported %s to %s", self.model_name, path)
+        folded = bool(self.glob.get("export_deploy_form", True))
+        model = deploy_form(self.model) if folded else self.model
+        path = export_inference_model(model, save_dir, description, softmax=softmax)
+        logger.info("exported %s to %s%s", self.model_name, path, " (deploy form: batch norms folded)" if folded else "")
         return path

@@ -12,6 +12,7 @@ import numpy as np
 import paddle
 
 from ..engine.export import export_inference_model, inference_config
+from ..models.deploy import deploy_form
 from ..registry import create_model, get_model_config
 from ..weights import randomize_
 from .onnx_backend import OnnxPredictor
@@ -64,8 +65,8 @@ def benchmark(model_name: str, backends: Sequence[str] = BACKENDS, batch_sizes: 
     with tempfile.TemporaryDirectory() as export_dir:
         export_dir = f"{export_dir}/inference"
         # logits, not probabilities: a near-uniform softmax of random weights would hide differences
-        export_inference_model(model, export_dir, inference_config(model_name, [], 5, None, [3, size, size], False),
-                               softmax=False)
+        description = inference_config(model_name, [], 5, None, [3, size, size], False)
+        export_inference_model(deploy_form(model), export_dir, description, softmax=False)  # as the export tool does
         runners = _runners(model, export_dir, backends, threads)
         for batch_size in batch_sizes:
             batch = np.random.default_rng(0).standard_normal((batch_size, 3, size, size)).astype(np.float32)

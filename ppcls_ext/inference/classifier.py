@@ -20,7 +20,7 @@ from ..engine.postprocess import Topk
 from ..engine.predict import classify_files
 from .onnx_backend import OnnxPredictor
 from .options import DeploymentError, InferenceOptions
-from .paddle_backend import PaddlePredictor, warmup_batches
+from .paddle_backend import PaddlePredictor, computes_channels_last, warmup_batches
 
 logger = logging.getLogger("ppcls_ext")
 DESCRIPTION_FILE = "inference.yml"
@@ -52,12 +52,15 @@ def median_latency(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, w
 
 def cpu_candidates(model_dir: str, options: InferenceOptions) -> List[Tuple[str, Callable[[], Any]]]:
     """The CPU backends worth measuring: Paddle Inference with and without oneDNN, and ONNX Runtime
-    when installed."""
+    when installed (channels-last exports: Paddle Inference without oneDNN only)."""
     candidates = []
-    for onednn in (False, True):
+    channels_last = computes_channels_last(model_dir)
+    for onednn in (False,) if channels_last else (False, True):
         variant = dataclasses.replace(options, enable_mkldnn=onednn, backend="paddle")
         candidates.append((PaddlePredictor.describe(variant), lambda variant=variant: PaddlePredictor(model_dir, variant)))
-    if importlib.util.find_spec("onnxruntime") is not None:
+    if channels_last:
+        logger.info("backend selection: %s computes channels-last (NHWC): Paddle Inference without oneDNN only", model_dir)
+    elif importlib.util.find_spec("onnxruntime") is not None:
         candidates.append(("onnxruntime", lambda: OnnxPredictor(model_dir, options.cpu_threads)))
     else:
         logger.info("backend selection: onnxruntime is not installed; measuring Paddle Inference only")

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from .options import DeploymentError
-from .paddle_backend import PARAMS_FILE, PROGRAM_FILES, model_format
+from .paddle_backend import PARAMS_FILE, PROGRAM_FILES, computes_channels_last, model_format
 
 logger = logging.getLogger("ppcls_ext")
 ONNX_FILE = "inference.onnx"  # the name PaddleClas's own deploy predictor reads with use_onnx
@@ -34,6 +34,9 @@ def export_onnx(model_dir: str, opset: int = 13, force: bool = False) -> str:
     program = os.path.join(model_dir, PROGRAM_FILES[model_format(model_dir)])
     if not force and os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(params):
         return target
+    if computes_channels_last(model_dir):  # paddle2onnx would abort the whole process on it
+        raise DeploymentError(f"{model_dir} computes channels-last (NHWC), which paddle2onnx cannot convert; export the "
+                              f"model in NCHW (the default data_format) for ONNX")
     paddle2onnx = _require("paddle2onnx")
     partial = f"{target}.{os.getpid()}.partial"
     try:

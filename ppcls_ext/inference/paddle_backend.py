@@ -15,6 +15,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 import paddle
+import yaml
 from paddle.inference import Config, create_predictor
 
 from .options import DeploymentError, InferenceOptions, TensorRTOptions
@@ -31,6 +32,16 @@ def model_format(model_dir: str) -> str:
             return kind
     raise DeploymentError(f"{model_dir} holds no Paddle inference model: expected inference.json (or "
                           f"inference.pdmodel) with inference.pdiparams, as tools/export_model.py writes")
+
+
+def computes_channels_last(model_dir: str) -> bool:
+    """Whether the export's inference.yml records an NHWC model (`create_model(..., data_format="NHWC")`)."""
+    path = os.path.join(model_dir, "inference.yml")
+    if not os.path.isfile(path):
+        return False
+    with open(path, "r", encoding="utf-8") as f:
+        description = yaml.safe_load(f) or {}
+    return (description.get("Global") or {}).get("data_format") == "NHWC"
 
 
 def require_cuda() -> None:
@@ -56,7 +67,11 @@ def base_config(model_dir: str, options: InferenceOptions) -> Config:
     else:
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(options.cpu_threads)
-        if options.enable_mkldnn:
+        if options.enable_mkldnn and computes_channels_last(model_dir):
+            logger.warning("%s computes channels-last (NHWC), which Paddle's oneDNN passes mis-handle (the stem "
+                           "convolution fails): running without oneDNN", model_dir)
+            config.disable_mkldnn()
+        elif options.enable_mkldnn:
             config.set_mkldnn_cache_capacity(10)  # bounded cache of per-shape kernels for dynamic shapes
             config.enable_mkldnn()
         else:

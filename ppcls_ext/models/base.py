@@ -72,6 +72,14 @@ def run_stages(x: paddle.Tensor, stem: nn.Layer, stages: Sequence[nn.Layer], tap
     return [outputs[index] for index in taps]
 
 
+#: Paddle layers that take a `data_format` (read in `forward` from `_data_format`)
+CHANNEL_LAST_LAYERS = (nn.Conv2D, nn.BatchNorm2D, nn.AdaptiveAvgPool2D)
+
+
+def _nchw_to_nhwc(layer: nn.Layer, inputs: Tuple[paddle.Tensor, ...]) -> Tuple[paddle.Tensor, ...]:
+    return (paddle.transpose(inputs[0], [0, 2, 3, 1]),) + tuple(inputs[1:])
+
+
 class ImageClassifier(nn.Layer):
     """Base class of the zoo. Subclasses create `stem`, `stages` (a LayerList) and their head, call
     `_set_stage_layout`, and implement `forward_features`, `forward_head` and `paddleclas_key_map`."""
@@ -100,6 +108,27 @@ class ImageClassifier(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # --- memory layout ------------------------------------------------------------------------------
+
+    data_format = "NCHW"
+
+    def to_channels_last(self) -> "ImageClassifier":
+        """Compute in NHWC (channels-last), the layout NVIDIA tensor cores run convolutions in; inputs stay
+        NCHW and are transposed once, before the stem; stage outputs (`forward_stages`) are NHWC. Weights
+        are layout-free: checkpoints and outputs are unchanged."""
+        if self.data_format == "NHWC":
+            return self
+        for layer in self.sublayers():
+            if isinstance(layer, CHANNEL_LAST_LAYERS):
+                layer._data_format = "NHWC"
+                if isinstance(layer, nn.Conv2D):
+                    layer._channel_dim = 3
+            elif hasattr(layer, "channel_axis"):
+                layer.channel_axis = -1
+        self.stem.register_forward_pre_hook(_nchw_to_nhwc)
+        self.data_format = "NHWC"
+        return self
 
     # --- checkpoints written by PaddleClas -------------------------------------------------------------
 

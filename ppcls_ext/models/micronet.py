@@ -18,6 +18,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .base import ImageClassifier, initialize_once
+from .deploy import fold_linear_bn
 from .layers import ConvBNAct, make_divisible
 
 
@@ -43,13 +44,14 @@ class ChannelShuffle(nn.Layer):
         for g in groups:
             perm = perm[shuffle_permutation(channels, g)]
         self.groups = groups
+        self.channel_axis = 1  # -1 once the model is channels-last
         self.is_identity = bool((perm == np.arange(channels)).all())
         self.register_buffer("perm", paddle.to_tensor(perm.astype("int64")), persistable=False)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if self.is_identity:
             return x
-        return paddle.index_select(x, self.perm, axis=1)
+        return paddle.index_select(x, self.perm, axis=self.channel_axis)
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}"
@@ -63,12 +65,14 @@ class MaxGroupPooling(nn.Layer):
         if channels_per_group < 1:
             raise ValueError(f"channels_per_group must be >= 1, got {channels_per_group}")
         self.channels_per_group = channels_per_group
+        self.channel_axis = 1  # -1 once the model is channels-last
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        k = self.channels_per_group
-        if x.shape[1] % k:
-            raise ValueError(f"MaxGroupPooling: {x.shape[1]} channels are not a multiple of {k}")
-        return functools.reduce(paddle.maximum, [x[:, j::k] for j in range(k)])
+        k, channels = self.channels_per_group, x.shape[self.channel_axis]
+        if channels % k:
+            raise ValueError(f"MaxGroupPooling: {channels} channels are not a multiple of {k}")
+        pick = (lambda j: x[:, j::k]) if self.channel_axis == 1 else (lambda j: x[..., j::k])
+        return functools.reduce(paddle.maximum, [pick(j) for j in range(k)])
 
 
 class GroupConv(ConvBNAct):
@@ -111,6 +115,10 @@ class SpatialSepConvSF(_FactorizedConv):
         return self.shuffle(super().forward(x))
 
 
+#: the slope of Paddle's F.hardsigmoid (its default, spelled out because the deploy form folds it)
+HARDSIGMOID_SLOPE = 0.1666667
+
+
 def shift_permutation(channels: int, groups: int) -> np.ndarray:
     """Source channel of the circular shift used by Dynamic Shift-Max: channels form a (groups, channels //
     groups) grid and output (i, j) reads input ((i + 1) mod groups, (j + 1) mod (channels // groups))."""
@@ -149,18 +157,40 @@ class DYShiftMax(nn.Layer):
         self.expand = nn.Linear(squeezed, channels * 2 * branches)
         shift = shift_permutation(channels, shift_groups).astype("int64")
         self.register_buffer("shift", paddle.to_tensor(shift), persistable=False)
+        self.channel_axis = 1  # -1 once the model is channels-last
+        self.deploy_form = False  # set by to_deploy_form
 
     def coefficients(self, x: paddle.Tensor) -> List[paddle.Tensor]:
-        """[a_1, b_1(, a_2, b_2)], each (N, C, 1, 1), offsets by the init values included."""
-        y = F.relu(self.reduce(self.pool(x).flatten(1)))
-        y = (F.hardsigmoid(self.expand(y)) - 0.5) * (2.0 * self.act_max)
-        parts = paddle.split(y.unsqueeze([2, 3]), 2 * self.branches, axis=1)
+        """[a_1, b_1(, a_2, b_2)], each (N, C, 1, 1) (or (N, 1, 1, C) channels-last), offsets by the init
+        values included."""
+        y = self.expand(F.relu(self.reduce(self.pool(x).flatten(1))))
+        spatial = [2, 3] if self.channel_axis == 1 else [1, 2]
         inits = [v for pair in zip(self.init_a, self.init_b) for v in pair]
+        if self.deploy_form:  # expand already holds the scale and the offsets: one clip per coefficient
+            parts = paddle.split(y.unsqueeze(spatial), 2 * self.branches, axis=self.channel_axis)
+            return [paddle.clip(part, init - self.act_max, init + self.act_max) for part, init in zip(parts, inits)]
+        y = (F.hardsigmoid(y, slope=HARDSIGMOID_SLOPE) - 0.5) * (2.0 * self.act_max)
+        parts = paddle.split(y.unsqueeze(spatial), 2 * self.branches, axis=self.channel_axis)
         return [part + init for part, init in zip(parts, inits)]
+
+    @paddle.no_grad()
+    def to_deploy_form(self) -> None:
+        """Fold the coefficient arithmetic into `expand` (evaluation only): (hardsigmoid(z) - 0.5) * 2m + c
+        = clip(z * 2m * slope + c, c - m, c + m) for act_max m and init value c, while z * slope + 0.5 stays
+        in [0, 1]; outside, both sides are clipped to the same bound."""
+        if self.deploy_form:
+            return
+        gain = 2.0 * self.act_max * HARDSIGMOID_SLOPE
+        inits = [v for pair in zip(self.init_a, self.init_b) for v in pair]
+        channels = self.expand.weight.shape[1] // len(inits)
+        offsets = paddle.to_tensor(np.repeat(np.array(inits, dtype="float32"), channels))
+        self.expand.weight.set_value(self.expand.weight * gain)
+        self.expand.bias.set_value(self.expand.bias * gain + offsets)
+        self.deploy_form = True
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         coeffs = self.coefficients(x)
-        shifted = paddle.index_select(x, self.shift, axis=1)
+        shifted = paddle.index_select(x, self.shift, axis=self.channel_axis)
         out = x * coeffs[0] + shifted * coeffs[1]
         if self.branches == 2:
             out = paddle.maximum(out, x * coeffs[2] + shifted * coeffs[3])
@@ -348,6 +378,12 @@ class SwishLinear(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.act(self.bn(self.fc(x)))
+
+    def to_deploy_form(self) -> None:
+        """Merge the batch norm into the linear layer (evaluation only)."""
+        if isinstance(self.bn, nn.BatchNorm1D):
+            fold_linear_bn(self.fc, self.bn)
+            self.bn = nn.Identity()
 
 
 class MicroNetStem(nn.Layer):
