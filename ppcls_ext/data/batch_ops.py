@@ -67,34 +67,48 @@ def unmixed(batch: Sequence[Sample], class_num: int, op: str) -> List[Tuple[Any,
     return [(sample[0], target) for sample, target in zip(batch, targets)]
 
 
-class MixupOperator:
+class _BatchMixer:
+    """What mixup and cutmix share: checked class count and alpha (reassignable between epochs), and the
+    draw of a permutation of the batch and lam ~ Beta(alpha, alpha)."""
+
+    def __init__(self, class_num: int, alpha: float):
+        self.name = type(self).__name__
+        self.class_num = _check_class_num(class_num, self.name)
+        self.alpha = _check_alpha(alpha, self.name)
+
+    def _draw(self, batch: Sequence[Sample]) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+        """(images, soft targets, permutation, lam), or None when alpha is 0 (the batch stays unmixed)."""
+        if _check_alpha(self.alpha, self.name) == 0:
+            return None
+        images = _stack_images(batch, self.name)
+        targets = soft_labels([sample[1] for sample in batch], self.class_num, self.name)
+        return images, targets, np.random.permutation(len(batch)), float(np.random.beta(self.alpha, self.alpha))
+
+
+class MixupOperator(_BatchMixer):
     """Mixup (arXiv:1710.09412): blend the batch with a permutation of itself by lam ~ Beta(alpha, alpha),
     labels alike. `alpha` may be reassigned between epochs; alpha 0 leaves the batch unmixed."""
 
     def __init__(self, class_num: int, alpha: float = 1.0):
-        self.class_num = _check_class_num(class_num, "MixupOperator")
-        self.alpha = _check_alpha(alpha, "MixupOperator")
+        super().__init__(class_num, alpha)
 
     def __call__(self, batch: Sequence[Sample]) -> List[Tuple[np.ndarray, np.ndarray]]:
-        if _check_alpha(self.alpha, "MixupOperator") == 0:
-            return unmixed(batch, self.class_num, "MixupOperator")
-        images = _stack_images(batch, "MixupOperator")
-        targets = soft_labels([sample[1] for sample in batch], self.class_num, "MixupOperator")
-        order = np.random.permutation(len(batch))
-        lam = float(np.random.beta(self.alpha, self.alpha))
+        drawn = self._draw(batch)
+        if drawn is None:
+            return unmixed(batch, self.class_num, self.name)
+        images, targets, order, lam = drawn
         images = lam * images + (1.0 - lam) * images[order]
         targets = lam * targets + (1.0 - lam) * targets[order]
         return list(zip(images, targets))
 
 
-class CutmixOperator:
+class CutmixOperator(_BatchMixer):
     """CutMix (arXiv:1905.04899): paste a box of area fraction about 1 - lam, lam ~ Beta(alpha, alpha),
     from a permutation of the batch; labels mix by the exact pasted area. `alpha` may be reassigned
     between epochs; alpha 0 leaves the batch unmixed."""
 
     def __init__(self, class_num: int, alpha: float = 0.2):
-        self.class_num = _check_class_num(class_num, "CutmixOperator")
-        self.alpha = _check_alpha(alpha, "CutmixOperator")
+        super().__init__(class_num, alpha)
 
     @staticmethod
     def random_box(height: int, width: int, lam: float) -> Tuple[int, int, int, int]:
@@ -109,12 +123,10 @@ class CutmixOperator:
         return int(top), int(bottom), int(left), int(right)
 
     def __call__(self, batch: Sequence[Sample]) -> List[Tuple[np.ndarray, np.ndarray]]:
-        if _check_alpha(self.alpha, "CutmixOperator") == 0:
-            return unmixed(batch, self.class_num, "CutmixOperator")
-        images = _stack_images(batch, "CutmixOperator")
-        targets = soft_labels([sample[1] for sample in batch], self.class_num, "CutmixOperator")
-        order = np.random.permutation(len(batch))
-        lam = float(np.random.beta(self.alpha, self.alpha))
+        drawn = self._draw(batch)
+        if drawn is None:
+            return unmixed(batch, self.class_num, self.name)
+        images, targets, order, lam = drawn
         height, width = images.shape[-2:]
         top, bottom, left, right = self.random_box(height, width, lam)
         images[:, :, top:bottom, left:right] = images[order, :, top:bottom, left:right]
