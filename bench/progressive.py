@@ -16,6 +16,7 @@ import os
 from ppcls_ext.config import load_config
 from ppcls_ext.data.demo import make_digits_dataset
 from ppcls_ext.engine import Engine
+from ppcls_ext.report import markdown_table, publish
 
 QUICK_START = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "quick_start", "micronet_m0_digits.yaml")
 
@@ -98,29 +99,25 @@ def main() -> None:
     fixed, progressive = runs["fixed"].history, runs["progressive"].history
     lines = [f"{args.model} on the digits demo data, {args.epochs} epochs, eval at {args.size} px; progressive: "
              f"{args.stages} stages, size {args.start_size} -> {args.size}, RandAugment {args.magnitude[0]:g} -> "
-             f"{args.magnitude[1]:g}, dropout {args.dropout[0]:g} -> {args.dropout[1]:g}; fixed: the final values throughout.", "",
-             "| epoch | fixed: train s (cumulative) | fixed: val top-1 | progressive: size | progressive: train s (cumulative) | progressive: val top-1 |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    totals = [0.0, 0.0]
+             f"{args.magnitude[1]:g}, dropout {args.dropout[0]:g} -> {args.dropout[1]:g}; fixed: the final values throughout.", ""]
+    per_epoch, totals = [], [0.0, 0.0]
     for a, b in zip(fixed, progressive):
         totals = [totals[0] + a["train_seconds"], totals[1] + b["train_seconds"]]
-        lines.append(f"| {a['epoch']} | {totals[0]:.1f} | {a['eval']['top1']:.3f} | {b['progressive'].image_size} | "
-                     f"{totals[1]:.1f} | {b['eval']['top1']:.3f} |")
-    lines += ["", "| val top-1 reached | fixed: train s (epoch) | progressive: train s (epoch) | fixed / progressive |",
-              "|---:|---:|---:|---:|"]
+        per_epoch.append([a["epoch"], f"{totals[0]:.1f}", f"{a['eval']['top1']:.3f}", b["progressive"].image_size,
+                          f"{totals[1]:.1f}", f"{b['eval']['top1']:.3f}"])
+    lines += [markdown_table(["epoch", "fixed: train s (cumulative)", "fixed: val top-1", "progressive: size",
+                              "progressive: train s (cumulative)", "progressive: val top-1"], per_epoch, "rrrrrr"), ""]
+    reached = []
     for target in args.target:
         (fixed_time, fixed_epoch), (progressive_time, progressive_epoch) = time_to(fixed, target), time_to(progressive, target)
         ratio = f"{fixed_time / progressive_time:.2f}x" if fixed_time and progressive_time else "-"
-        lines.append(f"| {target:g} | {_reached(fixed_time, fixed_epoch)} | {_reached(progressive_time, progressive_epoch)} | {ratio} |")
-    lines.append("")
+        reached.append([f"{target:g}", _reached(fixed_time, fixed_epoch), _reached(progressive_time, progressive_epoch), ratio])
+    lines += [markdown_table(["val top-1 reached", "fixed: train s (epoch)", "progressive: train s (epoch)",
+                              "fixed / progressive"], reached, "rrrr"), ""]
     for name, history in (("fixed", fixed), ("progressive", progressive)):
         lines.append(f"- {name}: final top-1 {history[-1]['eval']['top1']:.3f}, best {max(r['eval']['top1'] for r in history):.3f}, "
                      f"total training {sum(r['train_seconds'] for r in history):.1f} s")
-    table = "\n".join(lines)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(table + "\n")
+    publish("\n".join(lines), args.markdown)
 
 
 if __name__ == "__main__":

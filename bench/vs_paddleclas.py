@@ -38,6 +38,7 @@ from ppcls_ext.inference.options import InferenceOptions
 from ppcls_ext.inference.paddle_backend import PaddlePredictor
 from ppcls_ext.models.deploy import deploy_form
 from ppcls_ext.paddleclas_plugin import paddleclas_original
+from ppcls_ext.report import markdown_table, publish
 from ppcls_ext.weights import randomize_
 
 THEIRS, OURS, DEPLOY = "PaddleClas", "ours", "ours, deploy form"
@@ -98,8 +99,10 @@ def predictor(directory: str, backend: str, threads: int) -> Callable[[np.ndarra
 
 
 class Table:
+    HEADER = ["model", "measure", "batch", "size", "PaddleClas", "ours", "ours / PaddleClas", "max logit diff"]
+
     def __init__(self):
-        self.rows: List[str] = []
+        self.rows: List[List[object]] = []
 
     def add(self, model: str, measure: str, batch: int, size: int, theirs: List[float], ours: List[float],
             images: Optional[int] = None, diff: Optional[float] = None) -> None:
@@ -112,13 +115,11 @@ class Table:
             values = [f"{images / statistics.median(side):.2f}" for side in (theirs, ours)]
             ratio = statistics.median(t / o for t, o in zip(theirs, ours))
         diff_text = "-" if diff is None else f"{diff:.1e}"
-        self.rows.append(f"| {model} | {measure} | {batch} | {size} | {values[0]} | {values[1]} | {ratio:.2f} | {diff_text} |")
-        print(self.rows[-1], flush=True)
+        self.rows.append([model, measure, batch, size, values[0], values[1], f"{ratio:.2f}", diff_text])
+        print(self.markdown(self.rows[-1:]).splitlines()[-1], flush=True)
 
-    def markdown(self) -> str:
-        header = ["| model | measure | batch | size | PaddleClas | ours | ours / PaddleClas | max logit diff |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
-        return "\n".join(header + self.rows)
+    def markdown(self, rows: Optional[List[List[object]]] = None) -> str:
+        return markdown_table(self.HEADER, self.rows if rows is None else rows, "llrrrrrr")
 
 
 def bench_model(name: str, args, table: Table, summary: List[str]) -> None:
@@ -180,17 +181,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     paddle.set_device("cpu")
     table, summary = Table(), []
-    print(table.markdown(), flush=True)
+    print("\n".join(table.markdown().splitlines()[:2]), flush=True)
     for name in args.models:
         bench_model(name, args, table, summary)
     notes = [f"paddle {paddle.__version__}, {args.threads} threads; medians of {args.repeats} interleaved repetitions "
              f"({max(5, args.repeats // 2)} for training); ratios are medians of the per-repetition ratios"]
     notes += CPU_NOTES
-    text = "\n".join([table.markdown(), ""] + summary + [""] + [f"- {note}" for note in notes])
-    print("\n" + text)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+    print()
+    publish("\n".join([table.markdown(), ""] + summary + [""] + [f"- {note}" for note in notes]), args.markdown)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Dict, Iterable, List, Optional
 import paddle
 
 from .registry import create_model, get_model_config
+from .report import markdown_table
 
 
 def model_summary(name: str, flops: bool = True) -> Dict[str, object]:
@@ -36,14 +37,12 @@ def _flops(value: Optional[int]) -> str:
     return f"{value / 1e9:.2f}G" if value >= 1e9 else f"{value / 1e6:.1f}M"
 
 
-def markdown_table(rows: Iterable[Dict[str, object]]) -> str:
-    lines = ["| model | params | FLOPs (eval size) | train / eval size | paper top-1 | official weights |",
-             "|---|---:|---:|---:|---:|:---:|"]
-    for row in rows:
-        lines.append(f"| {row['name']} | {row['params'] / 1e6:.2f}M | {_flops(row['flops'])} | "
-                     f"{row['train_size']} / {row['eval_size']} | {row['top1']} | {'yes' if row['weights'] else '-'} |")
-    return "\n".join(lines)
+def zoo_markdown(rows: Iterable[Dict[str, object]]) -> str:
+    header = ["model", "params", "FLOPs (eval size)", "train / eval size", "paper top-1", "official weights"]
+    return markdown_table(header, ([row["name"], f"{row['params'] / 1e6:.2f}M", _flops(row["flops"]),
+                                    f"{row['train_size']} / {row['eval_size']}", row["top1"],
+                                    "yes" if row["weights"] else "-"] for row in rows), "lrrrrc")
 
 
 def zoo_table(names: List[str], flops: bool = True) -> str:
-    return markdown_table(model_summary(name, flops=flops) for name in names)
+    return zoo_markdown(model_summary(name, flops=flops) for name in names)

@@ -6,6 +6,7 @@
 import argparse
 
 from ppcls_ext.inference.benchmark import BACKENDS, benchmark, markdown
+from ppcls_ext.report import publish
 
 
 def main() -> None:
@@ -23,11 +24,7 @@ def main() -> None:
     for name in args.model:
         rows += benchmark(name, args.backends.split(","), [int(b) for b in args.batch_sizes.split(",")], args.size,
                           args.threads, args.repeats, weights=args.weights)
-    table = markdown(rows)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(table + "\n")
+    publish(markdown(rows), args.markdown)
 
 
 if __name__ == "__main__":

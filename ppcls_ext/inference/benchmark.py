@@ -14,6 +14,7 @@ import paddle
 from ..engine.export import export_inference_model, inference_config
 from ..models.deploy import deploy_form
 from ..registry import create_model, get_model_config
+from ..report import markdown_table
 from ..weights import randomize_
 from .onnx_backend import OnnxPredictor
 from .options import InferenceOptions
@@ -90,9 +91,6 @@ def benchmark(model_name: str, backends: Sequence[str] = BACKENDS, batch_sizes: 
 
 
 def markdown(measurements: Sequence[Measurement]) -> str:
-    lines = ["| model | backend | batch | size | median ms | p90 ms | images/s | max logit diff vs dygraph |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for m in measurements:
-        lines.append(f"| {m.model} | {m.backend} | {m.batch_size} | {m.size} | {m.median_ms:.2f} | {m.p90_ms:.2f} | "
-                     f"{m.images_per_s:.1f} | {m.max_abs_diff:.1e} |")
-    return "\n".join(lines)
+    header = ["model", "backend", "batch", "size", "median ms", "p90 ms", "images/s", "max logit diff vs dygraph"]
+    return markdown_table(header, ([m.model, m.backend, m.batch_size, m.size, f"{m.median_ms:.2f}", f"{m.p90_ms:.2f}",
+                                    f"{m.images_per_s:.1f}", f"{m.max_abs_diff:.1e}"] for m in measurements), "llrrrrrr")
