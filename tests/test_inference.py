@@ -1,13 +1,11 @@
-"""Deployment: Paddle Inference (CPU, oneDNN on/off) and ONNX Runtime reproduce the dygraph model;
-TensorRT is configured as asked (checked through recording stand-ins for Paddle's API, since this
-Paddle is the CPU build) and refused with one clear message where it cannot run; PaddleClas's own
+"""Deployment: Paddle Inference (CPU, oneDNN on/off) and ONNX Runtime reproduce the dygraph model; GPU
+is refused with one clear message on the CPU build (TensorRT: test_tensorrt.py); PaddleClas's own
 predictor runs our export."""
 import importlib.metadata
 import json
 import os
 import subprocess
 import sys
-import types
 
 import numpy as np
 import paddle
@@ -19,9 +17,8 @@ from conftest import REPO
 from ppcls_ext.config import ConfigError
 from ppcls_ext.engine.export import export_inference_model, inference_config
 from ppcls_ext.inference import (DeployedClassifier, DeploymentError, InferenceOptions, OnnxPredictor, PaddlePredictor,
-                                 TensorRTOptions, export_onnx, options_from_config)
+                                 export_onnx, options_from_config)
 from ppcls_ext.inference import classifier as classifier_module
-from ppcls_ext.inference import paddle_backend
 
 NORMALIZE = [{"NormalizeImage": {"scale": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3, "order": "", "channel_num": 3}},
              {"ToCHWImage": None}]
@@ -75,97 +72,10 @@ def test_onnx_export_installs_nothing_and_is_cached(exports):
     assert export_onnx(directory) == path and os.path.getmtime(path) == mtime  # kept while newer than the weights
 
 
-class RecordingConfig:
-    """Stands in for paddle.inference.Config and records the TensorRT calls made on it."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
-
-
-def test_legacy_tensorrt_gets_precision_dynamic_shapes_and_engine_cache(tmp_path):
-    config = RecordingConfig()
-    shapes = ((1, 3, 160, 160), (8, 3, 224, 224), (16, 3, 320, 320))
-    trt = TensorRTOptions(precision="fp16", shapes=shapes, cache_dir=str(tmp_path / "engines"), max_batch_size=16, min_subgraph_size=5)
-    paddle_backend.apply_legacy_tensorrt(config, trt, shape_file=None)
-    calls = {name: (args, kwargs) for name, args, kwargs in config.calls}
-    engine = calls["enable_tensorrt_engine"][1]
-    assert engine["precision_mode"] == paddle.inference.Config.Precision.Half
-    assert (engine["max_batch_size"], engine["min_subgraph_size"], engine["use_static"], engine["use_calib_mode"]) == (16, 5, True, False)
-    assert calls["set_optim_cache_dir"][0] == (str(tmp_path / "engines"),)
-    assert calls["set_trt_dynamic_shape_info"][0] == ({"x": [1, 3, 160, 160]}, {"x": [16, 3, 320, 320]}, {"x": [8, 3, 224, 224]})
-    collected = RecordingConfig()
-    paddle_backend.apply_legacy_tensorrt(collected, TensorRTOptions(precision="int8", calibration=True), shape_file="s.pbtxt")
-    names = [name for name, _, _ in collected.calls]
-    assert names == ["enable_tensorrt_engine", "enable_tuned_tensorrt_dynamic_shape"]
-    assert collected.calls[0][2]["precision_mode"] == paddle.inference.Config.Precision.Int8 and collected.calls[0][2]["use_calib_mode"]
-
-
-@pytest.fixture
-def fake_paddle_tensorrt(monkeypatch):
-    """paddle.tensorrt (absent from CPU builds) replaced by a recorder whose convert writes a model."""
-    record = {"inputs": [], "configs": [], "converted": []}
-    module = types.ModuleType("paddle.tensorrt.export")
-
-    class Input:
-        def __init__(self, **kwargs):
-            record["inputs"].append(kwargs)
-
-    class TensorRTConfig:
-        def __init__(self, **kwargs):
-            self.__dict__.update(kwargs)
-            record["configs"].append(kwargs)
-
-    def convert(model_path, config):
-        os.makedirs(config.save_model_dir)
-        for name in ("inference.json", "inference.pdiparams"):
-            open(os.path.join(config.save_model_dir, name), "w").close()
-        record["converted"].append(model_path)
-
-    module.Input, module.TensorRTConfig, module.convert = Input, TensorRTConfig, convert
-    module.PrecisionMode = {"FP32": "FP32", "FP16": "FP16", "INT8": "INT8"}  # indexed by name like the Enum
-    monkeypatch.setitem(sys.modules, "paddle.tensorrt", types.ModuleType("paddle.tensorrt"))
-    monkeypatch.setitem(sys.modules, "paddle.tensorrt.export", module)
-    monkeypatch.setattr(paddle_backend, "require_tensorrt", lambda: None)
-    return record
-
-
-def test_pir_tensorrt_conversion_with_explicit_shapes_is_cached(exports, tmp_path, fake_paddle_tensorrt):
-    directory, _ = exports["EfficientNetB0"]
-    shapes = ((1, 3, 64, 64), (4, 3, 224, 224), (8, 3, 256, 256))
-    trt = TensorRTOptions(precision="fp16", shapes=shapes, cache_dir=str(tmp_path / "trt"), min_subgraph_size=7)
-    first = paddle_backend.convert_for_tensorrt(directory, trt, warmup=lambda: pytest.fail("explicit shapes need no warm-up"))
-    assert fake_paddle_tensorrt["inputs"] == [{"min_input_shape": shapes[0], "optim_input_shape": shapes[1],
-                                               "max_input_shape": shapes[2], "name": "x"}]
-    config = fake_paddle_tensorrt["configs"][0]
-    assert (config["precision_mode"], config["min_subgraph_size"], config["workspace_size"]) == ("FP16", 7, 1 << 30)
-    assert fake_paddle_tensorrt["converted"] == [os.path.join(directory, "inference")]
-    assert first.startswith(str(tmp_path / "trt")) and os.path.isfile(os.path.join(first, "inference.json"))
-    second = paddle_backend.convert_for_tensorrt(directory, trt, warmup=None)
-    assert second == first and len(fake_paddle_tensorrt["converted"]) == 1  # the second start reuses the engines
-    other = paddle_backend.convert_for_tensorrt(directory, TensorRTOptions(precision="fp32", shapes=shapes, cache_dir=str(tmp_path / "trt")), None)
-    assert other != first and len(fake_paddle_tensorrt["converted"]) == 2
-
-
-def test_pir_tensorrt_collects_shapes_from_warmup_batches(exports, tmp_path, fake_paddle_tensorrt):
-    directory, _ = exports["MicroNet_M1"]
-    warmup = paddle_backend.warmup_batches([96, 160], (3, 64, 64), max_batch=4)
-    paddle_backend.convert_for_tensorrt(directory, TensorRTOptions(cache_dir=str(tmp_path / "trt"), max_batch_size=4), warmup)
-    (data,) = [inputs["warmup_data"] for inputs in fake_paddle_tensorrt["inputs"]]
-    assert [batch.shape for batch in data] == [(1, 3, 96, 96), (4, 3, 96, 96), (1, 3, 160, 160), (4, 3, 160, 160)]
-
-
-def test_gpu_and_tensorrt_on_this_cpu_build_fail_with_one_clear_message(exports):
+def test_gpu_on_this_cpu_build_fails_with_one_clear_message(exports):
     directory, _ = exports["MicroNet_M1"]
     with pytest.raises(DeploymentError, match=r"use_gpu needs a CUDA build of PaddlePaddle \(paddlepaddle-gpu\); this is the CPU build"):
         PaddlePredictor(directory, InferenceOptions(device="gpu"))
-    with pytest.raises(DeploymentError, match="use_gpu needs a CUDA build"):
-        PaddlePredictor(directory, InferenceOptions(device="gpu", tensorrt=TensorRTOptions(precision="fp16")))
-    real = paddle.inference.Config(os.path.join(directory, "inference.json"), os.path.join(directory, "inference.pdiparams"))
-    with pytest.raises(DeploymentError, match="use_tensorrt needs a PaddlePaddle GPU build compiled with TensorRT"):
-        paddle_backend.apply_legacy_tensorrt(real, TensorRTOptions(), shape_file=None)  # Paddle's PreconditionNotMet, translated
 
 
 def test_deploy_keys_map_to_options():

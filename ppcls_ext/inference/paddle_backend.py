@@ -1,16 +1,13 @@
 """Paddle Inference: CPU (threads, oneDNN), GPU (device, memory pool) and TensorRT.
 
-TensorRT has two documented paths, chosen by the export's format: Paddle 3 PIR programs
-(`inference.json`) are converted once with `paddle.tensorrt.convert` into a model with embedded TensorRT
-engines, cached on disk; legacy programs (`inference.pdmodel`, Paddle 2.x) use
-`Config.enable_tensorrt_engine` with dynamic-shape ranges and a serialized-engine cache directory.
+TensorRT (tensorrt.py) has two routes, chosen by the export's format: PIR programs (`inference.json`)
+are converted once with `paddle.tensorrt.convert` and the converted model is loaded; legacy programs
+(`inference.pdmodel`) get `Config.enable_tensorrt_engine`.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
 from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -18,7 +15,8 @@ import paddle
 import yaml
 from paddle.inference import Config, create_predictor
 
-from .options import DeploymentError, InferenceOptions, TensorRTOptions
+from .options import DeploymentError, InferenceOptions
+from .tensorrt import convert_for_tensorrt, legacy_tensorrt_config
 
 logger = logging.getLogger("ppcls_ext")
 PROGRAM_FILES = {"pir": "inference.json", "legacy": "inference.pdmodel"}
@@ -83,75 +81,6 @@ def base_config(model_dir: str, options: InferenceOptions) -> Config:
     return config
 
 
-def _cache_key(model_dir: str, trt: TensorRTOptions, shapes: Sequence) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(model_dir)):
-        path = os.path.join(model_dir, name)
-        if os.path.isfile(path) and name.startswith("inference."):
-            stat = os.stat(path)
-            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    digest.update(repr((trt.precision, trt.min_subgraph_size, trt.workspace_size, list(map(tuple, shapes)))).encode())
-    return digest.hexdigest()[:16]
-
-
-def convert_for_tensorrt(model_dir: str, trt: TensorRTOptions, warmup: Callable[[], List[np.ndarray]]) -> str:
-    """PIR path: convert the export with `paddle.tensorrt.convert` into `<cache_dir>/<key>/` (reused when
-    present: the second start skips the engine build) and return that directory. Input shapes come from
-    `trt.shapes` (min, opt, max) or, without them, from real `warmup()` batches."""
-    require_tensorrt()
-    try:
-        from paddle.tensorrt.export import Input, PrecisionMode, TensorRTConfig, convert
-    except ImportError as error:
-        raise DeploymentError(f"this PaddlePaddle has no paddle.tensorrt (PIR TensorRT needs Paddle >= 3.0 "
-                              f"built with TensorRT): {error}") from error
-    batches = [] if trt.shapes else warmup()
-    shapes = trt.shapes or [batch.shape for batch in batches]
-    cache_dir = trt.cache_dir or os.path.join(model_dir, "tensorrt_cache")
-    target = os.path.join(cache_dir, _cache_key(model_dir, trt, shapes))
-    if os.path.isfile(os.path.join(target, PARAMS_FILE)):
-        logger.info("TensorRT: reusing the converted model in %s", target)
-        return target
-    if trt.shapes:
-        low, opt, high = trt.shapes
-        inputs = [Input(min_input_shape=low, optim_input_shape=opt, max_input_shape=high, name="x")]
-    else:
-        inputs = [Input(warmup_data=tuple(batches), name="x")]
-    staging = f"{target}.partial-{os.getpid()}"
-    config = TensorRTConfig(inputs=inputs, min_subgraph_size=trt.min_subgraph_size, save_model_dir=staging,
-                            precision_mode=PrecisionMode[trt.precision.upper()], workspace_size=trt.workspace_size)
-    logger.info("TensorRT: converting %s (%s, shapes %s) into %s", model_dir, trt.precision, list(map(tuple, shapes)), target)
-    try:
-        convert(os.path.join(model_dir, "inference"), config)
-        os.makedirs(cache_dir, exist_ok=True)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def apply_legacy_tensorrt(config: Config, trt: TensorRTOptions, shape_file: Optional[str], input_name: str = "x") -> None:
-    """Legacy path: TensorRT subgraphs with dynamic shapes from `trt.shapes` or a collected `shape_file`,
-    serialized engines in `trt.cache_dir`. A Paddle built without TensorRT gets a DeploymentError."""
-    precision = {"fp32": Config.Precision.Float32, "fp16": Config.Precision.Half, "int8": Config.Precision.Int8}[trt.precision]
-    try:
-        config.enable_tensorrt_engine(workspace_size=trt.workspace_size, max_batch_size=trt.max_batch_size,
-                                      min_subgraph_size=trt.min_subgraph_size, precision_mode=precision,
-                                      use_static=trt.cache_dir is not None, use_calib_mode=trt.calibration)
-    except RuntimeError as error:
-        if "compile with TENSORRT" in str(error) or "PreconditionNotMet" in str(error):
-            raise DeploymentError("use_tensorrt needs a PaddlePaddle GPU build compiled with TensorRT; this "
-                                  f"Paddle ({paddle.__version__}) was built without it") from error
-        raise
-    if trt.cache_dir is not None:
-        os.makedirs(trt.cache_dir, exist_ok=True)
-        config.set_optim_cache_dir(trt.cache_dir)
-    if trt.shapes:
-        low, opt, high = trt.shapes
-        config.set_trt_dynamic_shape_info({input_name: list(low)}, {input_name: list(high)}, {input_name: list(opt)})
-    elif shape_file is not None:
-        config.enable_tuned_tensorrt_dynamic_shape(shape_file, True)
-
-
 class PaddlePredictor:
     """Runs an export with Paddle Inference; `run(batch)` maps an NCHW float32 batch to the outputs."""
 
@@ -159,12 +88,14 @@ class PaddlePredictor:
                  warmup: Optional[Callable[[], List[np.ndarray]]] = None):
         self.model_dir, self.options = model_dir, options
         trt = options.tensorrt
-        if trt is not None and model_format(model_dir) == "pir":
-            model_dir = convert_for_tensorrt(model_dir, trt, warmup or (lambda: []))
-        config = base_config(model_dir, options)
-        if trt is not None and model_format(model_dir) == "legacy":
+        if trt is not None:
             require_tensorrt()
-            apply_legacy_tensorrt(config, trt, self._collect_shapes(model_dir, options, warmup))
+        if trt is not None and model_format(model_dir) == "pir":  # the converted model, engines embedded
+            config = base_config(convert_for_tensorrt(model_dir, trt, options.gpu_id, warmup), options)
+        elif trt is not None:
+            config = legacy_tensorrt_config(model_dir, trt, options.gpu_id, lambda: base_config(model_dir, options), warmup)
+        else:
+            config = base_config(model_dir, options)
         self.config = config
         self.predictor = create_predictor(config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
@@ -175,26 +106,6 @@ class PaddlePredictor:
         if options.device == "gpu":
             return f"paddle-gpu-trt-{options.tensorrt.precision}" if options.tensorrt else "paddle-gpu"
         return "paddle-cpu-onednn" if options.enable_mkldnn else "paddle-cpu"
-
-    @staticmethod
-    def _collect_shapes(model_dir: str, options: InferenceOptions, warmup) -> Optional[str]:
-        """Without explicit shapes, run the warm-up batches once with shape collection on (legacy
-        TensorRT's documented flow); the ranges land in `<cache>/shape_range_info.pbtxt`."""
-        trt = options.tensorrt
-        if trt.shapes or warmup is None:
-            return None
-        path = os.path.join(trt.cache_dir or os.path.join(model_dir, "tensorrt_cache"), "shape_range_info.pbtxt")
-        if not os.path.isfile(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            config = base_config(model_dir, options)
-            config.collect_shape_range_info(path)
-            collector = create_predictor(config)
-            handle = collector.get_input_handle(collector.get_input_names()[0])
-            for batch in warmup():
-                handle.reshape(batch.shape)
-                handle.copy_from_cpu(batch)
-                collector.run()
-        return path
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
