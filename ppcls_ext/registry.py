@@ -19,6 +19,7 @@ from .models import (
     efficientnet_variant,
     micronet,
 )
+from .models.layers import DATA_FORMATS, building_in
 from .weights import load_pretrained
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -131,9 +132,6 @@ def get_model_config(name: str) -> ModelConfig:
     return _REGISTRY[name]
 
 
-DATA_FORMATS = ("NCHW", "NHWC")
-
-
 def create_model(
     name: str,
     class_num: int = 1000,
@@ -151,7 +149,7 @@ def create_model(
         skipped (and logged); any other mismatch is an error.
     features_only: return a `FeatureExtractor` giving the stage outputs at `out_strides` instead.
     data_format: "NCHW", or "NHWC" to compute channels-last (inputs stay NCHW; see
-        `ImageClassifier.to_channels_last`).
+        `ImageClassifier.data_format`).
     options: per family - dropout (all), drop_path_rate and padding ("same" / "symmetric", EfficientNets).
     """
     if data_format not in DATA_FORMATS:
@@ -167,15 +165,14 @@ def create_model(
     options.setdefault("dropout", config.dropout)
     if "drop_path_rate" in family.options:
         options.setdefault("drop_path_rate", config.drop_path_rate)
-    model = family.build(config.variant, class_num=class_num, **options)
+    with building_in(data_format):
+        model = family.build(config.variant, class_num=class_num, **options)
     if pretrained:
         if pretrained is True:
             if config.weights_url is None:
                 raise ValueError(f"{name} has no official pretrained weights; pass pretrained=<path or URL of a .pdparams>")
             pretrained = config.weights_url
         load_pretrained(model, pretrained)
-    if data_format == "NHWC":
-        model.to_channels_last()
     return FeatureExtractor(model, out_strides) if features_only else model
 
 

@@ -1,6 +1,9 @@
 """Channels-last (NHWC) models compute what the NCHW ones do, in dygraph, as features and once exported
-(Paddle Inference; ONNX refuses them clearly)."""
+(Paddle Inference; ONNX refuses them clearly); their layers are built NHWC through Paddle's public
+`data_format=` argument, not by editing layers' private attributes afterwards."""
 import logging
+import os
+import re
 
 import numpy as np
 import paddle
@@ -14,6 +17,7 @@ from ppcls_ext.inference.onnx_backend import OnnxPredictor
 from ppcls_ext.inference.classifier import cpu_candidates
 from ppcls_ext.inference.options import DeploymentError, InferenceOptions
 from ppcls_ext.inference.paddle_backend import PaddlePredictor
+from ppcls_ext.models.layers import build_format, building_in
 from ppcls_ext.models.micronet import MaxGroupPooling
 from ppcls_ext.weights import randomize_
 
@@ -69,11 +73,43 @@ def test_stage_outputs_are_channels_last(rng):
 
 def test_max_group_pooling_on_the_last_axis(rng):
     x = rng.standard_normal((2, 8, 3, 5)).astype("float32")
-    layer = MaxGroupPooling(2)
-    expected = layer(paddle.to_tensor(x)).numpy()
-    layer.channel_axis = -1
+    expected = MaxGroupPooling(2)(paddle.to_tensor(x)).numpy()
+    with building_in("NHWC"):
+        layer = MaxGroupPooling(2)
     got = layer(paddle.to_tensor(x.transpose(0, 2, 3, 1))).numpy()
     np.testing.assert_array_equal(got, expected.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("name", ["MicroNet_M0", "EfficientNetB0"])
+def test_layers_are_built_channels_last(name, rng):
+    """An NHWC model's own layers take NHWC tensors: its first convolution and BN, called directly on an
+    NHWC batch, give the NCHW twin's output transposed."""
+    reference, channels_last = twins(name)
+    reference.eval(), channels_last.eval()
+    first = lambda model: next(layer for layer in model.sublayers() if isinstance(layer, paddle.nn.Conv2D))  # noqa: E731
+    bn = lambda model: next(layer for layer in model.sublayers() if isinstance(layer, paddle.nn.BatchNorm2D))  # noqa: E731
+    x = rng.standard_normal((2, 3, 17, 20)).astype("float32")
+    expected = first(reference)(paddle.to_tensor(x)).numpy()
+    got = first(channels_last)(paddle.to_tensor(x.transpose(0, 2, 3, 1))).numpy()
+    np.testing.assert_allclose(got, expected.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+    y = paddle.to_tensor(expected)
+    np.testing.assert_allclose(bn(channels_last)(paddle.to_tensor(expected.transpose(0, 2, 3, 1))).numpy(),
+                               bn(reference)(y).numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_build_layout_is_scoped_and_no_private_layer_attributes_are_set():
+    with pytest.raises(RuntimeError):
+        with building_in("NHWC"):
+            assert build_format() == "NHWC"
+            raise RuntimeError("a failed build")
+    assert build_format() == "NCHW"
+    with pytest.raises(ValueError, match="data_format must be one of"):
+        with building_in("CHWN"):
+            pass
+    root = os.path.dirname(ppcls_ext.__file__)
+    sources = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".py")]
+    writes = [path for path in sources if re.search(r"\._(data_format|channel_dim)\s*=", open(path).read())]
+    assert writes == []
 
 
 def test_arch_data_format_in_a_config():

@@ -10,6 +10,8 @@ import paddle
 import paddle.nn as nn
 from paddle.nn.initializer.lazy_init import lazy_init_helper
 
+from .layers import build_format
+
 Builder = TypeVar("Builder", bound=Callable[..., nn.Layer])
 
 
@@ -72,23 +74,25 @@ def run_stages(x: paddle.Tensor, stem: nn.Layer, stages: Sequence[nn.Layer], tap
     return [outputs[index] for index in taps]
 
 
-#: Paddle layers that take a `data_format` (read in `forward` from `_data_format`)
-CHANNEL_LAST_LAYERS = (nn.Conv2D, nn.BatchNorm2D, nn.AdaptiveAvgPool2D)
-
-
 def _nchw_to_nhwc(layer: nn.Layer, inputs: Tuple[paddle.Tensor, ...]) -> Tuple[paddle.Tensor, ...]:
     return (paddle.transpose(inputs[0], [0, 2, 3, 1]),) + tuple(inputs[1:])
 
 
 class ImageClassifier(nn.Layer):
     """Base class of the zoo. Subclasses create `stem`, `stages` (a LayerList) and their head, call
-    `_set_stage_layout`, and implement `forward_features`, `forward_head` and `paddleclas_key_map`."""
+    `_set_stage_layout` once `stem` exists, and implement `forward_features`, `forward_head` and `paddleclas_key_map`."""
 
     #: parameters whose shape depends on class_num (skipped when loading weights for another class count)
     classifier_prefixes: Tuple[str, ...] = ("classifier.",)
 
+    def __init__(self):
+        super().__init__()
+        self.data_format = build_format()
+
     def _set_stage_layout(self, stem_stride: int, stage_strides: Sequence[int], stage_channels: Sequence[int]) -> None:
         self._feature_info = stage_feature_info(stem_stride, stage_strides, stage_channels)
+        if self.data_format == "NHWC":  # inputs stay NCHW: transposed once, before the stem
+            self.stem.register_forward_pre_hook(_nchw_to_nhwc)
 
     @property
     def feature_info(self) -> List[FeatureInfo]:
@@ -111,24 +115,11 @@ class ImageClassifier(nn.Layer):
 
     # --- memory layout ------------------------------------------------------------------------------
 
+    #: "NCHW", or "NHWC" for a model built inside `layers.building_in("NHWC")` (channels-last, the layout
+    #: NVIDIA tensor cores run convolutions in): its layers get Paddle's `data_format="NHWC"`, inputs stay
+    #: NCHW and are transposed once, before the stem, and stage outputs (`forward_stages`) are NHWC.
+    #: Weights are layout-free: checkpoints and outputs are unchanged.
     data_format = "NCHW"
-
-    def to_channels_last(self) -> "ImageClassifier":
-        """Compute in NHWC (channels-last), the layout NVIDIA tensor cores run convolutions in; inputs stay
-        NCHW and are transposed once, before the stem; stage outputs (`forward_stages`) are NHWC. Weights
-        are layout-free: checkpoints and outputs are unchanged."""
-        if self.data_format == "NHWC":
-            return self
-        for layer in self.sublayers():
-            if isinstance(layer, CHANNEL_LAST_LAYERS):
-                layer._data_format = "NHWC"
-                if isinstance(layer, nn.Conv2D):
-                    layer._channel_dim = 3
-            elif hasattr(layer, "channel_axis"):
-                layer.channel_axis = -1
-        self.stem.register_forward_pre_hook(_nchw_to_nhwc)
-        self.data_format = "NHWC"
-        return self
 
     # --- checkpoints written by PaddleClas -------------------------------------------------------------
 

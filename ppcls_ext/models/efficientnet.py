@@ -17,7 +17,7 @@ import paddle
 import paddle.nn as nn
 
 from .base import ImageClassifier, initialize_once
-from .layers import ConvBNAct, DropPath, PaddingMode, SqueezeExcite, make_divisible, round_repeats
+from .layers import ConvBNAct, DropPath, PaddingMode, SqueezeExcite, global_avg_pool, make_divisible, round_repeats
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class EfficientNet(ImageClassifier):
         self.stages = nn.LayerList(stage_layers)
         self._set_stage_layout(2, [s.stride for s in stages], [s.out_channels for s in stages])
         self.head = conv(channels, head_channels, 1)
-        self.pool = nn.AdaptiveAvgPool2D(1)
+        self.pool = global_avg_pool()
         self.dropout = nn.Dropout(dropout)
         self.num_features = head_channels
         self.classifier = nn.Linear(head_channels, class_num) if class_num else nn.Identity()

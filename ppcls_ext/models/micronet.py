@@ -19,7 +19,7 @@ import paddle.nn.functional as F
 
 from .base import ImageClassifier, initialize_once
 from .deploy import fold_linear_bn
-from .layers import ConvBNAct, make_divisible
+from .layers import ConvBNAct, channel_axis, global_avg_pool, make_divisible
 
 
 # --- layers -----------------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ class ChannelShuffle(nn.Layer):
         for g in groups:
             perm = perm[shuffle_permutation(channels, g)]
         self.groups = groups
-        self.channel_axis = 1  # -1 once the model is channels-last
+        self.channel_axis = channel_axis()  # of the layout being built
         self.is_identity = bool((perm == np.arange(channels)).all())
         self.register_buffer("perm", paddle.to_tensor(perm.astype("int64")), persistable=False)
 
@@ -65,7 +65,7 @@ class MaxGroupPooling(nn.Layer):
         if channels_per_group < 1:
             raise ValueError(f"channels_per_group must be >= 1, got {channels_per_group}")
         self.channels_per_group = channels_per_group
-        self.channel_axis = 1  # -1 once the model is channels-last
+        self.channel_axis = channel_axis()  # of the layout being built
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         k, channels = self.channels_per_group, x.shape[self.channel_axis]
@@ -152,12 +152,12 @@ class DYShiftMax(nn.Layer):
         self.init_a = tuple(float(v) for v in init_a[:branches])
         self.init_b = tuple(float(v) for v in init_b[:branches])
         squeezed = make_divisible(channels // reduction, 4)
-        self.pool = nn.AdaptiveAvgPool2D(1)
+        self.pool = global_avg_pool()
         self.reduce = nn.Linear(channels, squeezed)
         self.expand = nn.Linear(squeezed, channels * 2 * branches)
         shift = shift_permutation(channels, shift_groups).astype("int64")
         self.register_buffer("shift", paddle.to_tensor(shift), persistable=False)
-        self.channel_axis = 1  # -1 once the model is channels-last
+        self.channel_axis = channel_axis()  # of the layout being built
         self.deploy_form = False  # set by to_deploy_form
 
     def coefficients(self, x: paddle.Tensor) -> List[paddle.Tensor]:
@@ -416,7 +416,7 @@ class MicroNet(ImageClassifier):
         self.stages = nn.LayerList(blocks)
         self.num_features = channels
         self._set_stage_layout(2, [b.stride for b in spec.blocks], [b.out_channels for b in spec.blocks])
-        self.pool = nn.AdaptiveAvgPool2D(1)
+        self.pool = global_avg_pool()
         self.embed = SwishLinear(channels, spec.head_channels)
         self.dropout = nn.Dropout(spec.dropout if dropout is None else dropout)
         self.classifier = SwishLinear(spec.head_channels, class_num)
