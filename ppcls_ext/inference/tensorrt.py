@@ -16,7 +16,6 @@ is destroyed) and serialized engines in the same kind of keyed entry.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import hashlib
 import json
@@ -33,6 +32,11 @@ import paddle
 from paddle.inference import Config, create_predictor
 
 from .options import DeploymentError, TensorRTOptions
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process lock on cache entries
+    fcntl = None
 
 logger = logging.getLogger("ppcls_ext")
 MODEL_PREFIX = "inference"
@@ -76,6 +80,9 @@ def cache_key(model_dir: str, trt: TensorRTOptions, route: str, shapes: Sequence
 def locked(entry: str) -> Iterator[None]:
     """Hold `<entry>.lock` exclusively: two processes starting on one cache entry build it once."""
     os.makedirs(os.path.dirname(entry), exist_ok=True)
+    if fcntl is None:
+        yield
+        return
     with open(f"{entry}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
