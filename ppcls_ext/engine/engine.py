@@ -27,7 +27,7 @@ from .export import deploy_transforms, export_inference_model, inference_config
 from .log import AverageMeter, ScalarWriter, epoch_line, init_logger, logger, train_line
 from .losses import build_loss
 from .metrics import build_metric
-from .optim import build_lr_schedule, build_optimizer
+from .optim import build_lr_schedule, build_optimizer, update_skipped
 from .postprocess import Topk
 from .predict import classify_files, collect_images, dygraph_runner
 from .progressive import KNOBS, apply_stage, build_schedule
@@ -323,17 +323,23 @@ class Engine:
                         dist.all_reduce(tensor)
                         tensor.set_value(tensor / self.world_size)
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self) -> bool:
+        """Apply the accumulated gradients; returns whether the update was applied. A step that the loss
+        scaler skipped (inf/NaN gradients) leaves the LR schedule, the step count and the EMA as they were."""
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
+            applied = not update_skipped(self.scaler)
             self.scaler.update()
         else:
             self.optimizer.step()
+            applied = True
         self.optimizer.clear_grad()
-        self.schedule.step()
-        self.global_step += 1
-        if self.ema is not None:
-            self.ema.update(self.model)
+        if applied:
+            self.schedule.step()
+            self.global_step += 1
+            if self.ema is not None:
+                self.ema.update(self.model)
+        return applied
 
     def _save(self, prefix: str, epoch: int, with_training_state: bool = True, weights=None) -> None:
         """Checkpoint `prefix` as one unit (rank 0): weights (`weights` or the model's), states and, with
