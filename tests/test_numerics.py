@@ -44,6 +44,16 @@ def apply_gradients(model, gradients):
     loss.backward()
 
 
+def assert_steps_follow(model, optimizer, gradient_steps, expected, rtol=1e-5, atol=1e-7):
+    """Step `optimizer` with each of `gradient_steps`; after each, the parameters are the reference's."""
+    for gradients, want in zip(gradient_steps, expected):
+        apply_gradients(model, gradients)
+        optimizer.step()
+        optimizer.clear_grad()
+        for name, param in trained(model).items():
+            np.testing.assert_allclose(param.numpy(), want[name], rtol=rtol, atol=atol, err_msg=name)
+
+
 def random_gradients(model, rng, scale=1.0):
     return {name: (rng.normal(0, scale, p.shape)).astype("float32") for name, p in trained(model).items()}
 
@@ -78,12 +88,7 @@ def test_rmsprop_matches_tensorflows_update_over_several_steps(tf_style, rng):
     start = {k: p.numpy() for k, p in trained(model).items()}
     steps = [random_gradients(model, rng) for _ in range(5)]
     expected = tf_rmsprop(start, steps, 0.01, 0.9, 0.9, 1e-3, 0.01, mean_square_start=1.0 if tf_style else 0.0)
-    for gradients, want in zip(steps, expected):
-        apply_gradients(model, gradients)
-        optimizer.step()
-        optimizer.clear_grad()
-        for k, p in trained(model).items():
-            np.testing.assert_allclose(p.numpy(), want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    assert_steps_follow(model, optimizer, steps, expected, rtol=2e-5, atol=1e-6)
 
 
 def test_rmsprop_tf_start_comes_from_its_override_on_a_checked_paddle():
@@ -264,12 +269,7 @@ def test_exempt_parameters_get_no_weight_decay(exemption, exempt, rng):
     start = {k: p.numpy() for k, p in trained(model).items()}
     steps = [random_gradients(model, rng) for _ in range(4)]
     expected = momentum_reference(start, steps, 0.1, 0.9, {k: 0.0 if k in exempt else coeff for k in start})
-    for gradients, want in zip(steps, expected):
-        apply_gradients(model, gradients)
-        optimizer.step()
-        optimizer.clear_grad()
-        for k, p in trained(model).items():
-            np.testing.assert_allclose(p.numpy(), want[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    assert_steps_follow(model, optimizer, steps, expected)
 
 
 def test_adamw_exemptions_get_no_decoupled_decay():
@@ -307,12 +307,7 @@ def test_clip_norm_with_momentum_and_decay_over_several_steps(rng):
     start = {k: p.numpy() for k, p in trained(model).items()}
     steps = [random_gradients(model, rng, scale) for scale in (0.01, 2.0, 5.0, 0.1)]  # some under, some over the clip
     coeffs = {k: 0.0 if k.startswith("bn") else 0.01 for k in start}
-    for gradients, want in zip(steps, momentum_reference(start, steps, 0.1, 0.9, coeffs, clip=0.5)):
-        apply_gradients(model, gradients)
-        optimizer.step()
-        optimizer.clear_grad()
-        for k, p in trained(model).items():
-            np.testing.assert_allclose(p.numpy(), want[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    assert_steps_follow(model, optimizer, steps, momentum_reference(start, steps, 0.1, 0.9, coeffs, clip=0.5))
 
 
 @pytest.mark.parametrize("value", [-1, "abc", float("nan")])

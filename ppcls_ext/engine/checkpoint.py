@@ -14,7 +14,6 @@ version's interrupted save are refused in one line instead of resumed.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import re
@@ -25,6 +24,7 @@ import numpy as np
 import paddle
 
 from ..config import ConfigError
+from ..weights import _sha256
 from .log import logger
 
 MEMBERS = ("pdparams", "pdopt", "pdema", "pdstates")  # in the order a save moves them into place
@@ -45,14 +45,6 @@ def read_checkpoint_file(path: str) -> Any:
         return paddle.load(path)
     except Exception as error:  # paddle.load raises many types for truncated or foreign files
         raise ConfigError(f"Global.checkpoints: {path} is not readable: {_first_line(error)}") from error
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_directory(path: str) -> None:
