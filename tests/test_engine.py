@@ -17,7 +17,7 @@ from conftest import QUICK_START, REPO, quick_config
 from ppcls_ext.config import ConfigError
 from ppcls_ext.data.transforms import build_transforms
 from ppcls_ext.engine import Engine
-from ppcls_ext.engine.checkpoint import load_training_checkpoint
+from ppcls_ext.engine.checkpoint import load_checkpoint
 
 
 def trainable(state):
@@ -86,10 +86,10 @@ def test_interrupted_checkpoint_write_leaves_a_loadable_checkpoint(digits, tmp_p
     with pytest.raises(KeyboardInterrupt):
         engine._save("latest", 3)
     monkeypatch.setattr(paddle, "save", real_save)
-    files = load_training_checkpoint(prefix, with_ema=False)  # ...never replaced the complete one
-    assert files["pdstates"]["epoch"] == before["epoch"] == 2
-    assert "partial" not in files["pdopt"]
-    assert not [f for f in os.listdir(os.path.dirname(prefix)) if f.endswith(".tmp")]
+    files = load_checkpoint(prefix)  # ...never replaced the complete one
+    assert files["states"]["epoch"] == before["epoch"] == 2
+    assert "partial" not in files["optimizer"]
+    assert not [f for f in os.listdir(os.path.dirname(prefix)) if f.startswith(".")]  # nor stayed behind
 
 
 def test_killed_training_resumes_from_its_latest_checkpoint(digits, tmp_path):
@@ -117,8 +117,8 @@ def test_killed_training_resumes_from_its_latest_checkpoint(digits, tmp_path):
         if attempt:
             assert "resumed from" in log, log[-2000:]
             resumed_from.append(int(log.split("continuing at epoch ")[1].split()[0]))
-        files = load_training_checkpoint(str(latest), with_ema=False)
-        assert files["pdstates"]["epoch"] >= 1 and "stem.conv.conv_kx1.conv.weight" in files["pdparams"]
+        files = load_checkpoint(str(latest))
+        assert files["states"]["epoch"] >= 1 and "stem.conv.conv_kx1.conv.weight" in files["model"]
     assert resumed_from == sorted(resumed_from) and resumed_from[0] >= 2
 
 

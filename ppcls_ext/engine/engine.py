@@ -20,13 +20,14 @@ from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
 from ..weights import load_pretrained, load_weights
-from .checkpoint import load_training_checkpoint, portable_optimizer_state, restore_optimizer_state, save_checkpoint
+from .checkpoint import (cast_to_model_dtypes, load_checkpoint, portable_optimizer_state, recover_checkpoints,
+                         restore_optimizer_state, save_checkpoint)
 from .ema import ModelEMA
 from .export import deploy_transforms, export_inference_model, inference_config
 from .log import AverageMeter, ScalarWriter, epoch_line, init_logger, logger, train_line
 from .losses import build_loss
 from .metrics import build_metric
-from .optim import build_lr_schedule, build_optimizer
+from .optim import build_lr_schedule, build_optimizer, update_skipped
 from .postprocess import Topk
 from .predict import classify_files, collect_images, dygraph_runner
 from .progressive import KNOBS, apply_stage, build_schedule
@@ -157,6 +158,7 @@ class Engine:
         # per epoch: {"epoch", "train": {...}, "train_seconds", "eval": {...}, "progressive": StageValues}
         self.history: List[Dict[str, Any]] = []
         self._stage: Optional[int] = None  # the progressive stage last applied (a change is logged)
+        self._recover_checkpoints(self.output_dir)
         if self.glob.get("checkpoints"):
             self._resume(str(self.glob["checkpoints"]))
         self.writer = ScalarWriter(os.path.join(self.output_dir, "vdl") if self.glob.get("use_visualdl") and self.rank == 0 else None)
@@ -179,19 +181,46 @@ class Engine:
     def _autocast(self, enabled: bool):
         return paddle.amp.auto_cast(level=self.amp_level) if enabled and self.amp_level else contextlib.nullcontext()
 
+    def _recover_checkpoints(self, directory: str) -> None:
+        """Finish or delete the checkpoint saves a killed run left in `directory` (rank 0; the others wait)."""
+        if self.rank == 0:
+            for done in recover_checkpoints(directory):
+                logger.info("[Checkpoint] %s", done)
+        if self.world_size > 1:
+            dist.barrier()
+
     def _resume(self, prefix: str) -> None:
-        files = load_training_checkpoint(prefix, with_ema=self.ema is not None)
-        load_weights(self.model, files["pdparams"], source=prefix + ".pdparams")
-        self.optimizer.set_state_dict(restore_optimizer_state(files["pdopt"], self.model))
-        states = files["pdstates"]
+        """Continue from checkpoint `prefix`: weights (cast to the model's dtypes, float16 under AMP O2),
+        optimizer, schedule, EMA, loss scaler and counters, all from one save or a one-line error."""
+        self._recover_checkpoints(os.path.dirname(os.path.abspath(prefix)))
+        checkpoint = load_checkpoint(prefix, with_ema=self.ema is not None)
+        load_weights(self.model, cast_to_model_dtypes(checkpoint["model"], self.model), source=prefix + ".pdparams")
+        self.optimizer.set_state_dict(restore_optimizer_state(checkpoint["optimizer"], self.model))
+        states = checkpoint["states"]
         self.schedule.last_epoch = int(states.get("step", self.schedule.last_epoch))
         self.schedule.last_lr = self.schedule.get_lr()
         if self.ema is not None:
-            self.ema.set_state_dict(files["pdema"], states.get("ema_updates", 0))
+            self.ema.set_state_dict(checkpoint["ema"], states.get("ema_updates", 0))
+        if self.scaler is not None:
+            self._restore_scaler(states.get("amp_scaler"))
         self.start_epoch = int(states["epoch"]) + 1
         self.best, self.best_ema = float(states.get("best_metric", 0.0)), float(states.get("best_metric_ema", 0.0))
         self.global_step = int(states.get("global_step", 0))
         logger.info("resumed from %s: continuing at epoch %d (best top1 %.5f)", prefix, self.start_epoch, self.best)
+
+    def _restore_scaler(self, saved: Optional[Dict[str, Any]]) -> None:
+        """The loss scale and its counters from the checkpoint; the ratios and intervals stay as configured."""
+        if not self.scaler.is_enable():
+            return
+        if not saved:
+            logger.info("[AMP] the checkpoint has no loss-scaler state: starting at the configured scale")
+            return
+        configured = self.scaler.state_dict()
+        if not configured["use_dynamic_loss_scaling"]:
+            return  # a fixed scale is the configured one
+        keep = ("incr_ratio", "decr_ratio", "incr_every_n_steps", "decr_every_n_nan_or_inf", "use_dynamic_loss_scaling")
+        self.scaler.load_state_dict({**saved, **{key: configured[key] for key in keep}})
+        logger.info("[AMP] loss scale %g restored from the checkpoint", float(np.asarray(saved["scale"]).reshape(-1)[0]))
 
     # --- training -----------------------------------------------------------------------------------
 
@@ -294,30 +323,40 @@ class Engine:
                         dist.all_reduce(tensor)
                         tensor.set_value(tensor / self.world_size)
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self) -> bool:
+        """Apply the accumulated gradients; returns whether the update was applied. A step that the loss
+        scaler skipped (inf/NaN gradients) leaves the LR schedule, the step count and the EMA as they were."""
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
+            applied = not update_skipped(self.scaler)
             self.scaler.update()
         else:
             self.optimizer.step()
+            applied = True
         self.optimizer.clear_grad()
-        self.schedule.step()
-        self.global_step += 1
-        if self.ema is not None:
-            self.ema.update(self.model)
+        if applied:
+            self.schedule.step()
+            self.global_step += 1
+            if self.ema is not None:
+                self.ema.update(self.model)
+        return applied
 
     def _save(self, prefix: str, epoch: int, with_training_state: bool = True, weights=None) -> None:
+        """Checkpoint `prefix` as one unit (rank 0): weights (`weights` or the model's), states and, with
+        the training state, optimizer, EMA and loss scaler to resume from."""
         if self.rank != 0:
             return
         path = os.path.join(self.output_dir, prefix)
         states = {"epoch": epoch, "metric": self.best, "best_metric": self.best, "best_metric_ema": self.best_ema,
                   "global_step": self.global_step, "step": self.schedule.last_epoch,
                   "ema_updates": self.ema.updates if self.ema else 0}
+        if with_training_state and self.scaler is not None and self.scaler.is_enable():
+            states["amp_scaler"] = self.scaler.state_dict()
         save_checkpoint(
             path,
             weights if weights is not None else self.model.state_dict(),
+            states,
             optimizer_state=portable_optimizer_state(self.optimizer.state_dict(), self.model) if with_training_state else None,
-            states=states,
             ema_state=self.ema.state_dict() if (with_training_state and self.ema is not None) else None,
         )
         logger.info("saved %s to %s", prefix, path)

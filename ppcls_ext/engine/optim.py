@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Set
 
 import paddle
 from paddle.optimizer.lr import LRScheduler
@@ -107,26 +107,108 @@ def build_lr_schedule(cfg: Mapping[str, Any], epochs: int, steps_per_epoch: int,
                           bool(cfg.get("by_epoch", False)))
 
 
+#: Paddle versions (major.minor) whose RMSProp creates its accumulators through `_add_accumulator`, read
+#: and tested (tests/test_numerics.py); on another version `RMSPropTF` checks its first step itself
+RMSPROP_TF_CHECKED_PADDLE = ("3.3",)
+
+
 class RMSPropTF(paddle.optimizer.RMSProp):
-    """RMSProp as TensorFlow 1 (and the EfficientNet recipe) runs it: epsilon inside the square root and
-    the mean-square accumulator starting at 1, not 0 (Paddle's start makes the first updates up to
-    1 / sqrt(1 - rho) times larger)."""
+    """RMSProp as TensorFlow 1 (and the EfficientNet recipe) runs it: epsilon inside the square root (as
+    Paddle's) and the mean-square accumulator starting at 1, not 0 (Paddle's start makes the first updates
+    up to 1 / sqrt(1 - rho) times larger); `tf_style=False` keeps Paddle's start. Also takes
+    `multi_precision` (float32 master weights for float16 parameters), which Paddle's RMSProp supports
+    but does not take as an argument.
+
+    Paddle has no public way to initialise an accumulator, so this overrides the protected
+    `_add_accumulator` (Paddle's optimizers create every accumulator through it). The first `step()`
+    checks that every mean square was created here, so a Paddle that stops calling it fails loudly."""
+
+    def __init__(self, *args, tf_style: bool = True, multi_precision: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._multi_precision = bool(multi_precision)
+        self.tf_style = bool(tf_style)
+        self.started_at_one: Set[str] = set()  # names of the mean-square accumulators filled with 1
+        self._start_checked = not self.tf_style
 
     def _add_accumulator(self, name, param, *args, **kwargs):
-        if name == self._mean_square_acc_str:
+        if self.tf_style and name == self._mean_square_acc_str:
             kwargs["fill_value"] = 1.0
+            accumulator = super()._add_accumulator(name, param, *args, **kwargs)
+            self.started_at_one.add(accumulator.name)
+            return accumulator
         return super()._add_accumulator(name, param, *args, **kwargs)
 
+    def step(self) -> None:
+        super().step()
+        if not self._start_checked:
+            mean_squares = {key for key in self.state_dict() if "_" + self._mean_square_acc_str + "_" in key}
+            if mean_squares - self.started_at_one:
+                raise RuntimeError(f"RMSPropTF: Paddle {paddle.__version__} created RMSProp's mean square without "
+                                   f"_add_accumulator (checked with Paddle {', '.join(RMSPROP_TF_CHECKED_PADDLE)}); "
+                                   "TensorFlow's start at 1 would be lost - use tf_style: False or a checked Paddle")
+            self._start_checked = True
 
-def _rmsprop(tf_style: bool = True, **kwargs):
-    return (RMSPropTF if tf_style else paddle.optimizer.RMSProp)(**kwargs)
+
+@paddle.no_grad()
+def clip_grad_global_norm_(parameters: Sequence[paddle.Tensor], clip_norm: float) -> None:
+    """Scale the gradients of `parameters` in place by clip_norm / max(clip_norm, their global L2 norm),
+    as paddle.nn.ClipGradByGlobalNorm does, with the norm summed in float32 and kept on the device."""
+    grads = [p.grad for p in parameters if not p.stop_gradient and p.grad is not None]
+    if not grads:
+        return
+    norm = paddle.sqrt(paddle.add_n([paddle.sum(paddle.square(g.astype("float32"))) for g in grads]))
+    scale = clip_norm / paddle.clip(norm, min=clip_norm)
+    for grad in grads:
+        grad.multiply_(scale.astype(grad.dtype))
+
+
+class GlobalNormClipping:
+    """Mixed into an optimizer class: `step()` first clips the gradients of all its parameters by one
+    global norm. (Paddle's `grad_clip` takes one norm per parameter group, so exempting some parameters
+    from weight decay, which needs a second group, would change what `clip_norm` means.) Clipping inside
+    `step()` keeps Paddle's order: after GradScaler's unscaling, before weight decay."""
+
+    def __init__(self, *args, global_clip_norm: float, clipped: Sequence[paddle.Tensor], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.global_clip_norm = float(global_clip_norm)
+        self.clipped = list(clipped)
+
+    def step(self) -> None:
+        clip_grad_global_norm_(self.clipped, self.global_clip_norm)
+        super().step()
+
+
+_CLIPPING_CLASSES: Dict[type, type] = {}
+
+
+def _with_global_norm_clipping(optimizer_class: type) -> type:
+    if optimizer_class not in _CLIPPING_CLASSES:
+        _CLIPPING_CLASSES[optimizer_class] = type(optimizer_class.__name__, (GlobalNormClipping, optimizer_class), {})
+    return _CLIPPING_CLASSES[optimizer_class]
+
+
+def update_skipped(scaler: paddle.amp.GradScaler) -> bool:
+    """Whether the last `scaler.step(optimizer)` skipped the update (inf or NaN gradients).
+
+    Paddle has no public accessor for this. GradScaler.step stores it in `_cache_found_inf` as a Python
+    bool, which the optimizer had already read to the host to decide the skip (paddle/amp/grad_scaler.py,
+    GradScaler.step; paddle/optimizer/optimizer.py, `_create_optimization_pass`: `if found_inf:`), so
+    reading it costs no further device sync. Checked with Paddle 3.3 (tests/test_amp_checkpoint.py);
+    anything but a bool is an error, not a guess."""
+    if not scaler.is_enable():
+        return False
+    found = getattr(scaler, "_cache_found_inf", None)
+    if not isinstance(found, bool):
+        raise RuntimeError(f"GradScaler of Paddle {paddle.__version__} no longer records whether it skipped the "
+                           f"update (_cache_found_inf={found!r}); checked with Paddle 3.3")
+    return found
 
 
 # name -> (constructor, {PaddleClas key: Paddle argument})
 OPTIMIZERS: Dict[str, tuple] = {
     "Momentum": (paddle.optimizer.Momentum, {"momentum": "momentum", "use_nesterov": "use_nesterov"}),
     "SGD": (paddle.optimizer.SGD, {}),
-    "RMSProp": (_rmsprop, {"momentum": "momentum", "rho": "rho", "epsilon": "epsilon", "centered": "centered",
+    "RMSProp": (RMSPropTF, {"momentum": "momentum", "rho": "rho", "epsilon": "epsilon", "centered": "centered",
                            "tf_style": "tf_style"}),
     "AdamW": (paddle.optimizer.AdamW, {"beta1": "beta1", "beta2": "beta2", "epsilon": "epsilon"}),
 }
@@ -160,7 +242,8 @@ def build_optimizer(cfg: Mapping[str, Any], model: paddle.nn.Layer, schedule: LR
                     where: str = "Optimizer") -> paddle.optimizer.Optimizer:
     """Momentum, SGD, RMSProp (TF-style unless `tf_style: False`) or AdamW with L2 weight decay,
     optionally exempting parameters by name (`no_weight_decay_name: "bn bias"`) or by being 1-D
-    (`one_dim_param_no_weight_decay: True`), and global-norm gradient clipping (`clip_norm`)."""
+    (`one_dim_param_no_weight_decay: True`), gradient clipping by the global norm over all parameters
+    (`clip_norm`) and float32 master weights for float16 parameters (`multi_precision`, all optimizers)."""
     name = cfg.get("name")
     if name not in OPTIMIZERS:
         raise ConfigError(f"{where}.name: unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -181,10 +264,17 @@ def build_optimizer(cfg: Mapping[str, Any], model: paddle.nn.Layer, schedule: LR
         if exempt:
             groups.append({"params": exempt, "weight_decay": 0.0})
         args.update(parameters=groups, weight_decay=coeff)
+    if "multi_precision" in cfg:
+        args["multi_precision"] = bool(cfg["multi_precision"])
     if cfg.get("clip_norm"):
-        args["grad_clip"] = paddle.nn.ClipGradByGlobalNorm(float(cfg["clip_norm"]))
-    if cfg.get("multi_precision"):
-        args["multi_precision"] = True
+        try:
+            clip_norm = float(cfg["clip_norm"])
+        except (TypeError, ValueError):
+            clip_norm = float("nan")
+        if not clip_norm > 0:
+            raise ConfigError(f"{where}.clip_norm must be a positive number, got {cfg['clip_norm']!r}")
+        constructor = _with_global_norm_clipping(constructor)
+        args.update(global_clip_norm=clip_norm, clipped=decayed + exempt)
     try:
         return constructor(learning_rate=schedule, **args)
     except TypeError as error:
