@@ -194,9 +194,9 @@ def load_pretrained(model: ImageClassifier, source: PathLike, sha256: Optional[s
     else:
         path = resolve_path(source)
         state, numerics, label = read_weights(model, path, origin)
-    if numerics is not None:
-        set_source_numerics(model, numerics, label)
     skipped = load_weights(model, state, source=label)
+    if numerics is not None:  # after a load that fitted: rebuilt convolutions keep the loaded weights
+        set_source_numerics(model, numerics, label)
     logger.info("loaded weights from %s", label)
     return skipped
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Optional
 import paddle
 
 from ..config import ConfigError
+from ..safe_load import load_paddle_file
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -52,8 +53,8 @@ def load_training_checkpoint(prefix: str, with_ema: bool) -> Dict[str, Any]:
     loaded = {}
     for suffix in suffixes:
         try:
-            loaded[suffix[1:]] = paddle.load(prefix + suffix)
-        except Exception as error:  # paddle.load raises many types for truncated or foreign files
+            loaded[suffix[1:]] = load_paddle_file(prefix + suffix)
+        except Exception as error:  # unpickling raises many types for truncated, foreign or refused files
             raise ConfigError(f"Global.checkpoints: {prefix + suffix} is not readable: {error}") from error
     return loaded
 
