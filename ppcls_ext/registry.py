@@ -162,8 +162,9 @@ def create_model(
     """Build model `name` with `class_num` outputs.
 
     pretrained: False, True (the official weights, downloaded once to the cache), or a local path / URL
-        of a `.pdparams` file in our layout or PaddleClas's. A classifier of another class count is
-        skipped (and logged); any other mismatch is an error.
+        of a `.pdparams` file in our layout or PaddleClas's, or (EfficientNets) of a PyTorch / safetensors
+        checkpoint of efficientnet_pytorch, timm or torchvision, whose numerics are then set on the model.
+        A classifier of another class count is skipped (and logged); any other mismatch is an error.
     features_only: return a `FeatureExtractor` giving the stage outputs at `out_strides` instead.
     data_format: "NCHW", or "NHWC" to compute channels-last (inputs stay NCHW; see
         `ImageClassifier.to_channels_last`).
