@@ -15,6 +15,7 @@ from ppcls_ext.config import load_config, section
 from ppcls_ext.data.transforms import build_transforms
 from ppcls_ext.engine import Engine
 from ppcls_ext.inference import DeployedClassifier, InferenceOptions, export_onnx
+from ppcls_ext.summary import model_summary
 
 LITE0_CONFIG = os.path.join(REPO, "configs", "ImageNet", "EfficientNetLite", "efficientnet_lite0.yaml")
 
@@ -109,3 +110,6 @@ def test_lite_architecture_follows_the_official_lite_builder():
         assert [spec.out_channels for spec in model.stage_specs] == [
             ppcls_ext.models.make_divisible(c * width) for c in (16, 24, 40, 80, 112, 192, 320)]
     assert [s.out_channels for s in ppcls_ext.create_model("EfficientNetLite4").stage_specs] == [24, 32, 56, 112, 160, 272, 448]
+    # multiply-adds against the official lite README (407M, 631M); paddle.flops counts a multiply-add once
+    for variant, official in (("EfficientNetLite0", 407e6), ("EfficientNetLite1", 631e6)):
+        assert model_summary(variant)["flops"] == pytest.approx(official, rel=0.025)

@@ -2,9 +2,7 @@
 EfficientNets without torch and give the logits that those libraries computed themselves
 (tests/fixtures/reference_logits.*, made by tests/fixtures/make_reference_logits.py)."""
 import glob
-import importlib
 import json
-import logging
 import os
 import pickle
 import subprocess
