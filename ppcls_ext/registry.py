@@ -10,11 +10,13 @@ from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence,
 import paddle.nn as nn
 
 from .models import (
+    EFFICIENTNET_LITE_SCALING,
     EFFICIENTNET_SCALING,
     EFFICIENTNET_V2_VARIANTS,
     MICRONET_SPECS,
     FeatureExtractor,
     ImageClassifier,
+    efficientnet_lite,
     efficientnet_v2,
     efficientnet_variant,
     micronet,
@@ -24,6 +26,9 @@ from .weights import load_pretrained
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: EfficientNet-Lite's inception-style input, (x - 127) / 128 (MEAN_RGB / STDDEV_RGB of the official lite builder)
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
 OFFICIAL_WEIGHTS = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/{}_pretrained.pdparams"
 
 
@@ -60,10 +65,12 @@ class _Family:
     options: FrozenSet[str]  # keyword options a user may override besides class_num
 
 
+_EFFICIENTNET_OPTIONS = frozenset({"dropout", "drop_path_rate", "padding", "bn_epsilon"})
 _FAMILIES: Dict[str, _Family] = {
     "MicroNet": _Family(micronet, frozenset({"dropout"})),
-    "EfficientNet": _Family(efficientnet_variant, frozenset({"dropout", "drop_path_rate", "padding"})),
-    "EfficientNetV2": _Family(efficientnet_v2, frozenset({"dropout", "drop_path_rate", "padding"})),
+    "EfficientNet": _Family(efficientnet_variant, _EFFICIENTNET_OPTIONS),
+    "EfficientNetV2": _Family(efficientnet_v2, _EFFICIENTNET_OPTIONS),
+    "EfficientNetLite": _Family(efficientnet_lite, _EFFICIENTNET_OPTIONS),
 }
 
 # Top-1 (%) on ImageNet-1k reported by the papers / official repositories. B8 is AdvProp's and L2 Noisy
@@ -75,16 +82,19 @@ _PAPER_TOP1 = {
     "EfficientNetB8": 85.5, "EfficientNetL2": 88.4,
     "EfficientNetV2_S": 83.9, "EfficientNetV2_M": 85.1, "EfficientNetV2_L": 85.7, "EfficientNetV2_XL": 87.3,
     "EfficientNetV2_B0": 78.7, "EfficientNetV2_B1": 79.8, "EfficientNetV2_B2": 80.5, "EfficientNetV2_B3": 82.1,
+    "EfficientNetLite0": 75.1, "EfficientNetLite1": 76.7, "EfficientNetLite2": 77.6, "EfficientNetLite3": 79.8,
+    "EfficientNetLite4": 81.5,
 }
 _HAS_OFFICIAL_WEIGHTS = {f"MicroNet_M{i}" for i in range(4)} | {f"EfficientNetB{i}" for i in range(8)} | {
     f"EfficientNetV2_{v}" for v in ("S", "M", "L", "XL")}
 
 
 def _config(name: str, family: str, variant: str, train_size: int, eval_size: int, crop_pct: float, crop_mode: str,
-            mean: Tuple[float, float, float], std: Tuple[float, float, float], dropout: float, drop_path_rate: float) -> ModelConfig:
+            mean: Tuple[float, float, float], std: Tuple[float, float, float], dropout: float, drop_path_rate: float,
+            interpolation: str = "bilinear") -> ModelConfig:
     return ModelConfig(
         name=name, family=family, variant=variant, train_size=train_size, eval_size=eval_size, crop_pct=crop_pct,
-        crop_mode=crop_mode, interpolation="bilinear", mean=mean, std=std, dropout=dropout,
+        crop_mode=crop_mode, interpolation=interpolation, mean=mean, std=std, dropout=dropout,
         drop_path_rate=drop_path_rate, weights_url=OFFICIAL_WEIGHTS.format(name) if name in _HAS_OFFICIAL_WEIGHTS else None,
         paper_top1=_PAPER_TOP1[name])
 
@@ -102,6 +112,11 @@ def _build_registry() -> Dict[str, ModelConfig]:
         configs.append(_config(f"EfficientNetV2_{variant}", "EfficientNetV2", variant, spec.train_size, spec.eval_size,
                                spec.eval_size / (spec.eval_size + 32), "crop_at_ratio", (0.5,) * 3, (0.5,) * 3,
                                spec.dropout, 0.2))
+    for variant, scaling in EFFICIENTNET_LITE_SCALING.items():
+        # the official evaluation: centre crop of size / (size + 32) of the short side, bicubic resize
+        size = scaling.resolution
+        configs.append(_config(f"EfficientNet{variant}", "EfficientNetLite", variant, size, size, size / (size + 32),
+                               "crop_at_ratio", LITE_MEAN, LITE_STD, scaling.dropout, 0.2, interpolation="bicubic"))
     return {config.name: config for config in configs}
 
 
@@ -145,12 +160,14 @@ def create_model(
     """Build model `name` with `class_num` outputs.
 
     pretrained: False, True (the official weights, downloaded once to the cache), or a local path / URL
-        of a `.pdparams` file in our layout or PaddleClas's. A classifier of another class count is
-        skipped (and logged); any other mismatch is an error.
+        of a `.pdparams` file in our layout or PaddleClas's, or (EfficientNets) of a PyTorch / safetensors
+        checkpoint of efficientnet_pytorch, timm or torchvision, whose numerics are then set on the model.
+        A classifier of another class count is skipped (and logged); any other mismatch is an error.
     features_only: return a `FeatureExtractor` giving the stage outputs at `out_strides` instead.
     data_format: "NCHW", or "NHWC" to compute channels-last (inputs stay NCHW; see
         `ImageClassifier.data_format`).
-    options: per family - dropout (all), drop_path_rate and padding ("same" / "symmetric", EfficientNets).
+    options: per family - dropout (all); drop_path_rate, padding ("same" / "symmetric") and bn_epsilon
+        (EfficientNets).
     """
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")

@@ -1,5 +1,10 @@
-"""Loading weights into zoo models: local files or URLs (downloaded once into a cache), our layout or
-PaddleClas's, strictly checked."""
+"""Loading weights into zoo models: local files or URLs (downloaded once into a cache), strictly checked.
+
+Formats, told apart by their first bytes: Paddle's `.pdparams` (our layout or PaddleClas's), read by the
+restricted unpickler of `safe_load` (a file that asks to run anything is refused before it runs); and,
+for the EfficientNet families, PyTorch checkpoints and `.safetensors` files of efficientnet_pytorch, timm
+and torchvision (`convert`), whose source numerics (padding, BN epsilon, activation) are set on the model.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,12 +15,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import paddle
 
+from .convert import (NUMERICS_KEY, LayoutError, Numerics, TorchFileError, apply_numerics, file_format,
+                      import_weights, numerics_from_entry)
 from .models import ImageClassifier
+from .safe_load import load_paddle_file
+from .safe_pickle import UnsafePickleError
 
 logger = logging.getLogger("ppcls_ext")
 
@@ -40,7 +49,8 @@ def is_url(source: PathLike) -> bool:
     return str(source).startswith(("http://", "https://"))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: PathLike) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -57,7 +67,7 @@ def download(url: str, directory: Optional[PathLike] = None, sha256: Optional[st
     if not name:
         raise WeightsDownloadError(f"cannot tell a file name from URL {url!r}")
     target = directory / name
-    if target.exists() and (sha256 is None or _sha256(target) == sha256):
+    if target.exists() and (sha256 is None or file_sha256(target) == sha256):
         return target
     directory.mkdir(parents=True, exist_ok=True)
     partial = directory / f".{name}.{os.getpid()}.part"
@@ -69,7 +79,7 @@ def download(url: str, directory: Optional[PathLike] = None, sha256: Optional[st
         received = partial.stat().st_size
         if announced is not None and received != int(announced):
             raise WeightsDownloadError(f"download of {url} is incomplete: {received} of {announced} bytes")
-        if sha256 is not None and _sha256(partial) != sha256:
+        if sha256 is not None and file_sha256(partial) != sha256:
             raise WeightsDownloadError(f"download of {url} does not match its SHA-256 {sha256}")
         os.replace(partial, target)
     except (urllib.error.URLError, OSError) as error:
@@ -92,14 +102,46 @@ def resolve_path(source: PathLike) -> Path:
 
 
 def load_state_dict(path: PathLike) -> Dict[str, object]:
-    """Read a `.pdparams` file, checking that it holds a state dict."""
+    """Read a `.pdparams` file (safely: see `safe_load`), checking that it holds a state dict. A converted
+    file's record of its source numerics (`NUMERICS_KEY`) stays in the result; see `read_weights`."""
     try:
-        state = paddle.load(str(path))
-    except Exception as error:  # paddle.load raises many types for foreign or truncated files
+        state = load_paddle_file(path)
+    except UnsafePickleError as error:
+        raise IncompatibleWeightsError(str(error)) from error
+    except Exception as error:  # unpickling raises many types for foreign or truncated files
         raise IncompatibleWeightsError(f"{path} is not a readable Paddle state dict (.pdparams): {error}") from error
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise IncompatibleWeightsError(f"{path} does not hold a state dict (name -> tensor), got {type(state).__name__}")
     return dict(state)
+
+
+def read_weights(model: ImageClassifier, path: PathLike, origin: Optional[str] = None) -> Tuple[Dict[str, object], Optional[Numerics], str]:
+    """(state dict under our or PaddleClas's keys, numerics of the weights' source if known, a label naming
+    the file and its layout) for a `.pdparams`, PyTorch or `.safetensors` file. `origin`: the source model's
+    name where a PyTorch layout needs it (timm's `tf_` ports)."""
+    try:
+        if file_format(path) == "other":
+            state = load_state_dict(path)
+            entry = state.pop(NUMERICS_KEY, None)
+            return state, None if entry is None else numerics_from_entry(entry, str(path)), str(path)
+        imported = import_weights(model, path, origin)
+    except (UnsafePickleError, TorchFileError, LayoutError, ValueError) as error:
+        if isinstance(error, IncompatibleWeightsError):
+            raise
+        raise IncompatibleWeightsError(str(error)) from error
+    return dict(imported.state), imported.numerics, f"{path} ({imported.layout} layout)"
+
+
+def set_source_numerics(model: ImageClassifier, numerics: Numerics, label: str) -> List[str]:
+    """Make `model` compute as the weights' source did (logged), returning what changed."""
+    changes = apply_numerics(model, numerics)
+    if changes:
+        logger.info("%s was trained with %s; set on the model (%s). Build it so directly with padding=%r, bn_epsilon=%g "
+                    "(config: Arch.padding, Arch.bn_epsilon)", label, numerics.describe(), ", ".join(changes),
+                    numerics.padding, numerics.bn_epsilon)
+    else:
+        logger.info("%s was trained with %s, as the model computes", label, numerics.describe())
+    return changes
 
 
 def _shape(value: object) -> tuple:
@@ -137,21 +179,26 @@ def load_weights(model: ImageClassifier, state_dict: Mapping[str, object], sourc
     return skipped
 
 
-def load_pretrained(model: ImageClassifier, source: PathLike, sha256: Optional[str] = None) -> List[str]:
-    """Load weights from a local path or a URL (cached; a download that is not a state dict is deleted
-    again so that the next attempt fetches it afresh). Returns the skipped classifier keys."""
+def load_pretrained(model: ImageClassifier, source: PathLike, sha256: Optional[str] = None,
+                    origin: Optional[str] = None) -> List[str]:
+    """Load weights from a local path or a URL (cached; a download that is not a weights file is deleted
+    again so that the next attempt fetches it afresh): a `.pdparams`, or for EfficientNets a PyTorch /
+    `.safetensors` checkpoint (see `read_weights`), whose source numerics are then set on the model.
+    Returns the skipped classifier keys."""
     if is_url(source):
         path = download(str(source), sha256=sha256)
         try:
-            state = load_state_dict(path)
+            state, numerics, label = read_weights(model, path, origin)
         except IncompatibleWeightsError:
             path.unlink(missing_ok=True)
             raise
     else:
         path = resolve_path(source)
-        state = load_state_dict(path)
-    skipped = load_weights(model, state, source=str(source))
-    logger.info("loaded weights from %s", source)
+        state, numerics, label = read_weights(model, path, origin)
+    skipped = load_weights(model, state, source=label)
+    if numerics is not None:  # after a load that fitted: rebuilt convolutions keep the loaded weights
+        set_source_numerics(model, numerics, label)
+    logger.info("loaded weights from %s", label)
     return skipped
 
 

@@ -22,9 +22,11 @@ CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "ImageNet", "*", "*.yam
 
 
 def config_name(name: str) -> str:
-    """micronet_m0.yaml <- MicroNet_M0, efficientnet_b0.yaml <- EfficientNetB0, efficientnetv2_s.yaml <- EfficientNetV2_S."""
+    """micronet_m0.yaml <- MicroNet_M0, efficientnet_b0.yaml <- EfficientNetB0, efficientnetv2_s.yaml <- EfficientNetV2_S,
+    efficientnet_lite0.yaml <- EfficientNetLite0."""
     return name.lower().replace("micronet_", "micronet_").replace("efficientnetv2_", "efficientnetv2_").replace(
-        "efficientnetb", "efficientnet_b").replace("efficientnetl2", "efficientnet_l2") + ".yaml"
+        "efficientnetb", "efficientnet_b").replace("efficientnetl2", "efficientnet_l2").replace(
+        "efficientnetlite", "efficientnet_lite") + ".yaml"
 
 
 def test_one_config_per_model_named_in_lower_case():

@@ -18,7 +18,10 @@ def learnable_params(model) -> int:
 
 # Paper / official-repository sizes of the variants PaddleClas does not have (millions of parameters)
 PAPER_PARAMS = {"EfficientNetB8": 87.4, "EfficientNetL2": 480.3, "EfficientNetV2_B0": 7.1,
-                "EfficientNetV2_B1": 8.1, "EfficientNetV2_B2": 10.1, "EfficientNetV2_B3": 14.4}
+                "EfficientNetV2_B1": 8.1, "EfficientNetV2_B2": 10.1, "EfficientNetV2_B3": 14.4,
+                # EfficientNet-Lite: timm's tf_efficientnet_lite0-4 (the official README rounds: 4.7, 5.4, 6.1, 8.2, 13.0)
+                "EfficientNetLite0": 4.652, "EfficientNetLite1": 5.417, "EfficientNetLite2": 6.092,
+                "EfficientNetLite3": 8.197, "EfficientNetLite4": 13.007}
 # PaddleClas's counts for the shared variants (DESIGN.md; the parity tests compare with its classes too)
 PADDLECLAS_PARAMS = {"MicroNet_M0": 1.02, "MicroNet_M1": 1.78, "MicroNet_M2": 2.39, "MicroNet_M3": 2.62,
                      "EfficientNetB0": 5.29, "EfficientNetV2_S": 21.46, "EfficientNetV2_M": 54.14,

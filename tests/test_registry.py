@@ -8,12 +8,13 @@ from ppcls_ext.registry import paddleclas_arch_options
 
 def test_list_models_in_zoo_order_and_filters():
     names = ppcls_ext.list_models()
-    assert len(names) == 22 and len(set(names)) == 22
+    assert len(names) == 27 and len(set(names)) == 27
     assert names[:4] == [f"MicroNet_M{i}" for i in range(4)]
     assert ppcls_ext.list_models("EfficientNetB*") == [f"EfficientNetB{i}" for i in range(9)]
     assert ppcls_ext.list_models(family="EfficientNetV2") == [f"EfficientNetV2_{v}" for v in ("S", "M", "L", "XL", "B0", "B1", "B2", "B3")]
     assert ppcls_ext.list_models(family="EfficientNet")[-1] == "EfficientNetL2"
-    with pytest.raises(ValueError, match=r"unknown family 'ResNet'; choose from \['MicroNet', 'EfficientNet', 'EfficientNetV2'\]"):
+    assert ppcls_ext.list_models(family="EfficientNetLite") == [f"EfficientNetLite{i}" for i in range(5)]
+    with pytest.raises(ValueError, match=r"unknown family 'ResNet'; choose from \['MicroNet', 'EfficientNet', 'EfficientNetV2', 'EfficientNetLite'\]"):
         ppcls_ext.list_models(family="ResNet")
 
 
@@ -28,6 +29,9 @@ def test_defaults_describe_the_official_training_and_evaluation():
     assert (v2s.train_size, v2s.eval_size, v2s.crop_mode, v2s.mean, v2s.std) == (300, 384, "crop_at_ratio", (0.5,) * 3, (0.5,) * 3)
     assert v2s.crop_pct == pytest.approx(384 / 416)
     assert [ppcls_ext.get_model_config(f"EfficientNetV2_{v}").train_size for v in ("M", "XL", "B0", "B2", "B3")] == [384, 384, 192, 208, 240]
+    lite4 = ppcls_ext.get_model_config("EfficientNetLite4")  # the official lite builder and its (x - 127) / 128 input
+    assert (lite4.train_size, lite4.eval_size, lite4.crop_mode, lite4.interpolation, lite4.dropout) == (300, 300, "crop_at_ratio", "bicubic", 0.3)
+    assert lite4.crop_pct == pytest.approx(300 / 332) and lite4.mean == (127 / 255,) * 3 and lite4.std == (128 / 255,) * 3
     m3 = ppcls_ext.get_model_config("MicroNet_M3")
     assert (m3.eval_size, m3.resize_short, m3.dropout, m3.paper_top1) == (224, 256, 0.1, 62.5)
 

@@ -24,7 +24,7 @@ import numpy as np
 import paddle
 
 from ..config import ConfigError
-from ..weights import _sha256
+from ..weights import file_sha256
 from .log import logger
 
 MEMBERS = ("pdparams", "pdopt", "pdema", "pdstates")  # in the order a save moves them into place
@@ -32,6 +32,7 @@ MANIFEST = "checkpoint"  # the .pdstates entry that names the save's files: {"fo
 FORMAT = 2  # 1 (no manifest): written before checkpoints were units, with the trained weights always in .pdparams
 _SAVING, _COMMITTED = ".saving", ".committed"
 _OLD_TEMPORARY = re.compile(r"^\..+\.(pdparams|pdopt|pdema|pdstates)\.\d+\.tmp$")  # format 1's per-file temporaries
+from ..safe_load import load_paddle_file
 
 
 def _first_line(error: BaseException) -> str:
@@ -40,10 +41,11 @@ def _first_line(error: BaseException) -> str:
 
 
 def read_checkpoint_file(path: str) -> Any:
-    """The one place that unpickles a checkpoint file (paddle.load), as a one-line error if unreadable."""
+    """The one place that unpickles a checkpoint file (restricted: tensors and containers only), as a one-line
+    error if unreadable or refused."""
     try:
-        return paddle.load(path)
-    except Exception as error:  # paddle.load raises many types for truncated or foreign files
+        return load_paddle_file(path)
+    except Exception as error:  # unpickling raises many types for truncated, foreign or refused files
         raise ConfigError(f"Global.checkpoints: {path} is not readable: {_first_line(error)}") from error
 
 
@@ -62,7 +64,7 @@ def _write(obj: Any, path: str) -> str:
     paddle.save(obj, path)
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-    return _sha256(path)
+    return file_sha256(path)
 
 
 def _member_path(directory: str, name: str, member: str) -> str:
@@ -181,7 +183,7 @@ def load_checkpoint(prefix: str, with_optimizer: bool = True, with_ema: bool = F
         hint = " (best_model holds weights only: resume from latest or epoch_N)" if "pdopt" in str(missing) else ""
         raise ConfigError(f"Global.checkpoints={prefix!r}: cannot resume, missing {', '.join(missing)}{hint}")
     for member in wanted.values():
-        if manifest and _sha256(f"{prefix}.{member}") != members[member]:
+        if manifest and file_sha256(f"{prefix}.{member}") != members[member]:
             raise ConfigError(f"Global.checkpoints: {prefix}.{member} is not the file that {prefix}.pdstates (epoch "
                               f"{states.get('epoch')}) was saved with: the files come from different saves; resume "
                               "from another checkpoint")

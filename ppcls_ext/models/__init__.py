@@ -2,6 +2,7 @@
 from .base import FeatureExtractor, FeatureInfo, ImageClassifier
 from .efficientnet import (
     EFFICIENTNET_B0_STAGES,
+    EFFICIENTNET_LITE_SCALING,
     EFFICIENTNET_SCALING,
     EfficientNet,
     FusedMBConv,
@@ -10,6 +11,7 @@ from .efficientnet import (
     StageSpec,
     compound_scaling,
     efficientnet,
+    efficientnet_lite,
     efficientnet_variant,
 )
 from .efficientnet_v2 import EFFICIENTNET_V2_VARIANTS, EfficientNetV2, efficientnet_v2

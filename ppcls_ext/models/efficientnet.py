@@ -1,7 +1,8 @@
-"""EfficientNet B0-B8 and L2 (Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019), and
-the network and blocks that EfficientNetV2 reuses.
+"""EfficientNet B0-B8 and L2 (Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019),
+EfficientNet-Lite0-4 (the official TensorFlow "lite" builder), and the network and blocks that
+EfficientNetV2 reuses.
 
-One B0 stage table, scaled by the official (width, depth, resolution, dropout) table or by compound
+One B0 stage table, scaled by the official (width, depth, resolution, dropout) tables or by compound
 scaling from phi. Parameter layout and numerics match PaddleClas's `EfficientNetB*` classes (their
 checkpoints load through `paddleclas_key_map`), but TF-"SAME" padding is computed from the actual input,
 so every input size is padded right, not only the nominal one.
@@ -17,7 +18,8 @@ import paddle
 import paddle.nn as nn
 
 from .base import ImageClassifier, initialize_once
-from .layers import ConvBNAct, DropPath, PaddingMode, SqueezeExcite, global_avg_pool, make_divisible, round_repeats
+from .layers import (ActLayer, ConvBNAct, DropPath, PaddingMode, SiLU, SqueezeExcite, global_avg_pool, make_divisible,
+                     round_repeats)
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,10 @@ class EfficientNet(ImageClassifier):
         padding: PaddingMode = "same",
         bn_momentum: float = 0.99,
         bn_epsilon: float = 1e-3,
+        act_layer: ActLayer = SiLU,
     ):
         super().__init__()
-        conv = partial(ConvBNAct, padding=padding, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+        conv = partial(ConvBNAct, padding=padding, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, act_layer=act_layer)
         self.stage_specs = tuple(stages)
         self.stem = conv(3, stem_channels, 3, 2)
         total_blocks = sum(spec.repeats for spec in stages)
@@ -242,6 +245,7 @@ def efficientnet(
     dropout: float = 0.2,
     drop_path_rate: float = 0.2,
     padding: PaddingMode = "same",
+    bn_epsilon: float = 1e-3,
 ) -> EfficientNet:
     """An EfficientNet scaled from B0 by explicit width/depth multipliers or, given `phi`, by compound
     scaling (which then overrides width and depth; see `compound_scaling` for its resolution)."""
@@ -259,6 +263,7 @@ def efficientnet(
         dropout=dropout,
         drop_path_rate=drop_path_rate,
         padding=padding,
+        bn_epsilon=bn_epsilon,
     )
 
 
@@ -269,3 +274,47 @@ def efficientnet_variant(variant: str, class_num: int = 1000, dropout: Optional[
     scaling = EFFICIENTNET_SCALING[variant]
     return efficientnet(scaling.width, scaling.depth, class_num=class_num,
                         dropout=scaling.dropout if dropout is None else dropout, **kwargs)
+
+
+# --- EfficientNet-Lite ----------------------------------------------------------------------------
+
+#: the official (width, depth, resolution, dropout) of EfficientNet-Lite0-4 (efficientnet_lite_builder.py)
+EFFICIENTNET_LITE_SCALING: Dict[str, Scaling] = {
+    "Lite0": Scaling(1.0, 1.0, 224, 0.2),
+    "Lite1": Scaling(1.0, 1.1, 240, 0.2),
+    "Lite2": Scaling(1.1, 1.2, 260, 0.3),
+    "Lite3": Scaling(1.2, 1.4, 280, 0.3),
+    "Lite4": Scaling(1.4, 1.8, 300, 0.3),
+}
+
+
+@initialize_once
+def efficientnet_lite(
+    variant: str,
+    class_num: int = 1000,
+    dropout: Optional[float] = None,
+    drop_path_rate: float = 0.2,
+    padding: PaddingMode = "same",
+    bn_epsilon: float = 1e-3,
+) -> EfficientNet:
+    """Build EfficientNet-Lite0 ... Lite4: the B0 stages without squeeze-excite, ReLU6 everywhere, stem (32)
+    and head (1280) not widened, and the first and last stages' repeats not deepened (the official builder's
+    `fix_head_stem`); everything else scales as in EfficientNet."""
+    if variant not in EFFICIENTNET_LITE_SCALING:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose from {list(EFFICIENTNET_LITE_SCALING)}")
+    scaling = EFFICIENTNET_LITE_SCALING[variant]
+    round_channels = partial(make_divisible, divisor=8, guard=True)
+    last = len(EFFICIENTNET_B0_STAGES) - 1
+    stages = [replace(stage.scaled(scaling.width, 1.0 if index in (0, last) else scaling.depth, round_channels), se_ratio=0.0)
+              for index, stage in enumerate(EFFICIENTNET_B0_STAGES)]
+    return EfficientNet(
+        stages,
+        stem_channels=32,
+        head_channels=1280,
+        class_num=class_num,
+        dropout=scaling.dropout if dropout is None else dropout,
+        drop_path_rate=drop_path_rate,
+        padding=padding,
+        bn_epsilon=bn_epsilon,
+        act_layer=nn.ReLU6,
+    )

@@ -93,6 +93,7 @@ def efficientnet_v2(
     dropout: Optional[float] = None,
     drop_path_rate: float = 0.2,
     padding: PaddingMode = "same",
+    bn_epsilon: float = 1e-3,
 ) -> EfficientNetV2:
     """Build EfficientNetV2 S, M, L, XL or B0-B3."""
     if variant not in EFFICIENTNET_V2_VARIANTS:
@@ -108,5 +109,5 @@ def efficientnet_v2(
         drop_path_rate=drop_path_rate,
         padding=padding,
         bn_momentum=0.9,
-        bn_epsilon=1e-3,
+        bn_epsilon=bn_epsilon,
     )

@@ -1,0 +1,68 @@
+"""`tools/convert_weights.py SRC -m MODEL -o OUT.pdparams`: a PyTorch / safetensors checkpoint (or a
+.pdparams) as a `.pdparams` of ours, checked by loading it back."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+import numpy as np
+import paddle
+
+from ..registry import UnknownModelError, create_model
+from ..weights import IncompatibleWeightsError, load_pretrained
+from . import NUMERICS_KEY, model_numerics, numerics_entry
+
+
+def _save_atomically(state: dict, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        paddle.save(state, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def convert(source: str, model_name: str, output: str, origin: Optional[str] = None, class_num: int = 1000) -> str:
+    """Load `source` into `model_name`, save it as `output` and check that the saved file gives the same
+    logits. Numerics that differ from the model's defaults are recorded in the file (`NUMERICS_KEY`), so
+    that `create_model(model_name, pretrained=output)` computes as the source did. Returns a summary line."""
+    model = create_model(model_name, class_num=class_num)
+    default = model_numerics(model)
+    load_pretrained(model, source, origin=origin)
+    numerics = model_numerics(model)
+    state = dict(model.state_dict())
+    if numerics != default:
+        state[NUMERICS_KEY] = numerics_entry(numerics, os.path.basename(source))
+    _save_atomically(state, output)
+    model.eval()
+    reloaded = create_model(model_name, class_num=class_num, pretrained=output)
+    reloaded.eval()
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype("float32"))
+    with paddle.no_grad():
+        difference = float(np.abs(model(x).numpy() - reloaded(x).numpy()).max())
+    if difference > 1e-5:
+        os.remove(output)
+        raise IncompatibleWeightsError(f"{output}: reloaded logits differ by {difference:.3g}; file removed")
+    note = "" if numerics == default else " (recorded in the file)"
+    return f"wrote {output}: {model_name} from {source}, {numerics.describe()}{note}; reloaded logits identical"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="checkpoint: .pth/.pt/.bin (PyTorch, zip or legacy), .safetensors or .pdparams; or a URL")
+    parser.add_argument("-m", "--model", required=True, help="our model name, e.g. EfficientNetB0, EfficientNetLite0")
+    parser.add_argument("-o", "--output", required=True, help="the .pdparams to write")
+    parser.add_argument("--origin", help="source model name where the layout needs it, e.g. timm's tf_efficientnet_b0")
+    parser.add_argument("--class-num", type=int, default=1000, help="classes of the model (another count skips the head)")
+    args = parser.parse_args(argv)
+    try:
+        print(convert(args.source, args.model, args.output, args.origin, args.class_num))
+    except (IncompatibleWeightsError, FileNotFoundError, UnknownModelError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
