@@ -11,7 +11,7 @@ import pytest
 
 import ppcls_ext
 from conftest import REPO
-from ppcls_ext.engine.checkpoint import load_training_checkpoint, portable_optimizer_state
+from ppcls_ext.engine.checkpoint import load_checkpoint, portable_optimizer_state
 from ppcls_ext.engine.ema import ModelEMA
 from ppcls_ext.engine.optim import build_lr_schedule, build_optimizer
 from ppcls_ext.safe_load import load_paddle_file
@@ -151,7 +151,7 @@ def test_resuming_from_a_malicious_checkpoint_is_a_config_error_naming_the_file(
             out.write(f.read())
     malicious_file(prefix + ".pdstates", marker)
     with pytest.raises(ppcls_ext.config.ConfigError, match=r"latest\.pdstates is not readable: .*refused to load.*posix\.system"):
-        load_training_checkpoint(prefix, with_ema=False)
+        load_checkpoint(prefix)
     assert not marker.exists()
 
 
