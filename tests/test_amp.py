@@ -16,6 +16,8 @@ from ppcls_ext.engine import engine as engine_module
 from test_nonfinite import run_cli
 
 amp_internals = importlib.import_module("paddle.amp.auto_cast")  # `paddle.amp.auto_cast` is also a function
+# on a CPU, GradScaler and auto_cast warn that they have no effect: expected here
+pytestmark = pytest.mark.filterwarnings("ignore:.*can only be enabled on CUDAPlace:UserWarning")
 
 
 def decorate_on_cpu(models, optimizers=None, level="O1", dtype="float16", master_weight=None, save_dtype=None,

@@ -4,12 +4,14 @@ of printing NaN scores. The issue's repro: `-o Optimizer.lr.learning_rate=1e6` o
 (today: NaN from about iteration 4, exit 0, a NaN best_model, `'scores': [nan, nan, nan]`)."""
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import paddle
 import pytest
 
-from conftest import QUICK_START, quick_config
+from conftest import QUICK_START, REPO, quick_config
 from ppcls_ext import cli
 from ppcls_ext.engine import Engine
 from ppcls_ext.engine.losses import CombinedLoss
@@ -152,3 +154,20 @@ def test_nonfinite_outputs_of_finite_weights_are_errors_not_scores(digits, tmp_p
     images = [str(p) for p in sorted((digits / "images" / "val" / "4").iterdir())[:3]]
     results = _engine_with_weights(digits, tmp_path, "infer", weights, f"Infer.infer_imgs={images}").infer()
     assert results == [{"file_name": path, "error": "the model's output holds NaN or Inf; no scores"} for path in images]
+
+
+def test_two_processes_stop_together(digits, tmp_path):
+    """The watch is gathered across ranks where the log values are: both ranks stop at the same point with
+    the same line, and the launcher's exit status says so (no rank is left waiting in a collective)."""
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(tmp_path / "log"),
+               os.path.join(REPO, "tools", "train.py"), "-c", QUICK_START]
+    for option in (f"Global.output_dir={tmp_path}/output", "Global.eval_during_train=False", "Global.print_batch_step=2",
+                   f"DataLoader.Train.dataset.image_root={digits}", "Optimizer.lr.learning_rate=1e6",
+                   f"DataLoader.Train.dataset.cls_label_path={digits}/train_small.txt", "DataLoader.Train.sampler.batch_size=16"):
+        command += ["-o", option]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    errors = [[line for line in (tmp_path / "log" / f"workerlog.{rank}").read_text().splitlines() if line.startswith("error:")]
+              for rank in range(2)]
+    assert proc.returncode != 0 and len(errors[0]) == 1 and errors[0] == errors[1], proc.stdout[-2000:]
+    assert errors[0][0].startswith("error: training stopped: the loss is nan at epoch 1, iteration ")
+    assert "Traceback" not in proc.stdout + proc.stderr and saved_files(tmp_path) == []

@@ -134,6 +134,7 @@ def build_dataloader(
 
 
 def _count(loader_cfg: Mapping[str, Any], key: str, default: int, minimum: int, where: str) -> int:
+    """An integer loader option, at least `minimum`."""
     value = loader_cfg.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{where}.loader.{key} must be an integer >= {minimum}, got {value!r}")
