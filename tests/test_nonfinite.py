@@ -15,7 +15,7 @@ from conftest import QUICK_START, REPO, quick_config
 from ppcls_ext import cli
 from ppcls_ext.engine import Engine
 from ppcls_ext.engine.losses import CombinedLoss
-from ppcls_ext.engine.nonfinite import LossWatch, NonFiniteError
+from ppcls_ext.engine.nonfinite import LossWatch, NonFiniteError, divergence_message
 from test_training_loop import ReadbackCounter
 
 
@@ -79,7 +79,8 @@ def test_divergence_in_a_later_epoch_keeps_the_earlier_checkpoints(digits, tmp_p
         engine.train()
     first_bad = next(i for i, loss in enumerate(recorded_losses) if not np.isfinite(loss))
     assert first_bad >= 8  # epoch 1 (8 iterations) was finite
-    assert f"the loss is nan at epoch 2, iteration {first_bad - 8};" in str(error.value)
+    assert f"the loss is nan at epoch 2, iteration {first_bad - 8}; the learning rate (1e+06 at that iteration; " \
+           f"Optimizer.lr.values) is likely too high;" in str(error.value)
     assert str(error.value).endswith("nothing from epoch 2 was saved; the checkpoints up to epoch 1 are kept")
     out = tmp_path / "output" / "MicroNet_M0"
     assert saved_files(tmp_path) == sorted(f"{prefix}.{ext}" for prefix in ("best_model", "epoch_1", "latest")
@@ -115,6 +116,16 @@ def test_the_loss_watch_counts_consecutive_nonfinite_losses_on_the_device(monkey
             assert result[0] == expected[0] and (np.isnan(result[1]) if np.isnan(expected[1]) else result[1] == expected[1])
     watch.reset()
     assert watch.tripped() is None
+
+
+def test_the_amp_message_names_the_streak_and_the_loss_scale():
+    """Under AMP (patience 10 by default) the line names where the run of bad losses began and the scale."""
+    assert divergence_message(3, 17, float("inf"), 10, 0.4, "Optimizer.lr.learning_rate", {"level": "O2", "scale": 1024.0},
+                              "nothing from epoch 3 was saved; the checkpoints up to epoch 2 are kept") == (
+        "training stopped: the loss has been NaN/Inf for 10 consecutive iterations from epoch 3, iteration 17 (first inf); "
+        "the learning rate (0.4 at that iteration; Optimizer.lr.learning_rate) is likely too high, or float16 overflows "
+        "under AMP O2 (loss scale 1024): lower the learning rate, or train with AMP.use_amp: False to check; nothing "
+        "from epoch 3 was saved; the checkpoints up to epoch 2 are kept")
 
 
 def _engine_with_weights(digits, tmp_path, mode, weights, *overrides):

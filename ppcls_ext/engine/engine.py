@@ -332,8 +332,9 @@ class Engine:
             if self.scaler is not None:
                 scale = self.scaler.state_dict().get("scale")
                 amp = {"level": self.amp_level, "scale": float(np.ravel(scale)[0]) if scale is not None else float("nan")}
+            lr_key = "Optimizer.lr." + ("values" if self.schedule.name == "Piecewise" else "learning_rate")
             raise NonFiniteError(divergence_message(epoch, iteration, value, self.loss_watch.patience,
-                                                    learning_rates[iteration], amp, self._kept_checkpoints(epoch)))
+                                                    learning_rates[iteration], lr_key, amp, self._kept_checkpoints(epoch)))
         return means.read(self.world_size)
 
     def _check_finite_weights(self, epoch: int) -> None:

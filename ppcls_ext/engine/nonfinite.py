@@ -88,14 +88,15 @@ class LossWatch:
         return int(first[1]), float(first[2])
 
 
-def divergence_message(epoch: int, iteration: int, value: float, patience: int, lr: float,
+def divergence_message(epoch: int, iteration: int, value: float, patience: int, lr: float, lr_key: str,
                        amp: Optional[Dict[str, object]], kept: str) -> str:
-    """The one line that ends a diverged training run; `kept` says which checkpoints remain."""
+    """The one line that ends a diverged training run; `lr_key` is the config key that sets the learning
+    rate, `kept` says which checkpoints remain."""
     what = "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
     where = (f"the loss is {what} at epoch {epoch}, iteration {iteration}" if patience == 1 else
              f"the loss has been NaN/Inf for {patience} consecutive iterations from epoch {epoch}, iteration {iteration} "
              f"(first {what})")
-    cause = f"the learning rate ({lr:.6g} at that iteration; Optimizer.lr.learning_rate) is likely too high"
+    cause = f"the learning rate ({lr:.6g} at that iteration; {lr_key}) is likely too high"
     if amp:
         cause += (f", or float16 overflows under AMP {amp['level']} (loss scale {amp['scale']:.6g}): lower the learning "
                   f"rate, or train with AMP.use_amp: False to check")
