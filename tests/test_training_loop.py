@@ -1,6 +1,7 @@
 """The training loop: no host read-back outside the log lines, log values that are the sample-weighted means
 PaddleClas prints, the loader options that reach paddle.io, and EMA against a numpy recurrence."""
 import collections
+import multiprocessing
 import re
 
 import numpy as np
@@ -123,8 +124,9 @@ def test_loader_options_reach_paddle_io(digits, tmp_path):
     assert isinstance(loader, paddle.io.DataLoader)
     assert (loader.num_workers, loader.use_shared_memory, loader.prefetch_factor) == (2, False, 4)
     assert loader.use_buffer_reader and loader.pin_memory
-    images, labels = next(iter(loader))
-    assert images.shape == [32, 3, 32, 32] and labels.shape[0] == 32
+    batches = list(loader)  # run to the end: the workers exit (later tests count child processes)
+    assert len(batches) == 8 and batches[0][0].shape == [32, 3, 32, 32] and batches[0][1].shape[0] == 32
+    assert multiprocessing.active_children() == []
     for option, message in (("num_worker=2", r"DataLoader.Train.loader: unknown key\(s\) \['num_worker'\]; known: "
                                              r"num_workers, prefetch_factor, use_shared_memory"),
                             ("prefetch_factor=0", r"DataLoader.Train.loader.prefetch_factor must be an integer >= 1, got 0"),
