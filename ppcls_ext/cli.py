@@ -10,6 +10,8 @@ from .weights import IncompatibleWeightsError, WeightsDownloadError
 
 #: errors caused by the user's input (config, paths, weights): one line on stderr, exit status 2
 USER_ERRORS = (ConfigError, FileNotFoundError, IncompatibleWeightsError, WeightsDownloadError)
+#: training diverged, or weights / model outputs hold NaN or Inf: one line on stderr
+NONFINITE_EXIT_STATUS = 3
 
 DESCRIPTIONS = {
     "train": "Train a model (use `python -m paddle.distributed.launch` for several processes/devices).",
@@ -33,6 +35,7 @@ def main(mode: str, argv: Optional[List[str]] = None) -> int:
     """Run one tool; errors in the user's input are reported in one line (exit status 2), not a traceback."""
     args = parse_args(mode, argv)
     from .engine import Engine  # imported here so that --help stays fast
+    from .engine.nonfinite import NonFiniteError
 
     try:
         engine = Engine(load_config(args.config, args.override), mode)
@@ -47,4 +50,7 @@ def main(mode: str, argv: Optional[List[str]] = None) -> int:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return NONFINITE_EXIT_STATUS
     return 0

@@ -1,5 +1,7 @@
 """`python -m paddle.distributed.launch --nproc_per_node 2` on CPU (gloo): data-parallel training
-equals one process with the same global batch, and evaluation counts every image once."""
+equals one process with the same global batch, evaluation counts every image once, the training log and
+the BN running statistics are those of both ranks."""
+import json
 import os
 import re
 import subprocess
@@ -79,3 +81,46 @@ def test_two_process_evaluation_counts_every_image_once(data, tmp_path):
 
     assert summary(single).endswith("images: 37")  # 37 images; the sampler pads to 38 for two ranks
     assert summary(double) == summary(single)
+
+
+def test_two_processes_log_the_mean_of_both_ranks_and_average_bn_statistics(digits, data, tmp_path, monkeypatch):
+    """150 images, batches of 32 per rank (32, 32, 11 each): the rank-0 `[Train]` lines equal the
+    sample-weighted mean of both ranks' per-batch values, recorded in each process by distributed_probe.py
+    (before this change they were rank 0's alone); and after the epoch the BN running statistics of the
+    model and of the EMA, in memory and in the saved checkpoint, are the mean of the two ranks' (which
+    differ, each rank having seen other images)."""
+    options, _ = data
+    lines = (digits / "train_list.txt").read_text().splitlines()[:150]
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("PROBE_DIR", str(tmp_path))
+    log = run(os.path.join(REPO, "tests", "distributed_probe.py"), options + [
+        f"DataLoader.Train.dataset.cls_label_path={tmp_path}/train.txt", "DataLoader.Train.sampler.batch_size=32",
+        "Global.epochs=1", "Global.eval_during_train=False", "Global.print_batch_step=2", "EMA.decay=0.9",
+        f"Global.output_dir={tmp_path}/out"], processes=2, log_dir=tmp_path / "log")
+
+    names = ["top1", "top5", "CELoss", "loss"]
+    ranks = [json.loads((tmp_path / f"rank{r}_batches.json").read_text()) for r in range(2)]
+    assert [[b["n"] for b in rank] for rank in ranks] == [[32, 32, 11]] * 2
+    weighted = sum(np.array([[b[k] * b["n"] for k in names] for b in rank]) for rank in ranks)
+    counts = sum(np.array([b["n"] for b in rank], dtype=np.float64) for rank in ranks)
+    running = np.cumsum(weighted, axis=0) / np.cumsum(counts)[:, None]
+    rank0 = np.cumsum(np.array([[b[k] * b["n"] for k in names] for b in ranks[0]]), axis=0)[-1] / 75
+    for iteration, tag in ((0, "[Iter: 0/3]"), (2, "[Iter: 2/3]"), (2, "[Avg]")):
+        line = next(l for l in log.splitlines() if f"[Train][Epoch 1/1]{tag}" in l)
+        logged = dict(re.findall(r"(\w+): (-?[\d.]+)", line.split(tag)[1]))
+        assert [logged[k] for k in names] == [f"{v:.5f}" for v in running[iteration]], line
+    assert abs(rank0 - running[-1]).max() > 1e-3  # rank 0's own means differ: the test can tell them apart
+
+    stats = [np.load(tmp_path / f"rank{r}_stats.npz") for r in range(2)]
+    keys = [k[len("before:"):] for k in stats[0].files if k.startswith("before:")]
+    assert {k.split("/")[0] for k in keys} == {"model", "ema"} and len(keys) > 50
+    saved = {"model": paddle.load(f"{tmp_path}/out/MicroNet_M0/latest.pdparams"),
+             "ema": paddle.load(f"{tmp_path}/out/MicroNet_M0/latest.pdema")}
+    spread = max(np.abs(stats[0][f"before:{k}"] - stats[1][f"before:{k}"]).max() for k in keys)
+    assert spread > 1e-3
+    for key in keys:
+        mean = (stats[0][f"before:{key}"].astype(np.float64) + stats[1][f"before:{key}"]) / 2
+        for rank in range(2):
+            np.testing.assert_allclose(stats[rank][f"after:{key}"], mean, rtol=1e-6, atol=1e-7, err_msg=key)
+        model, name = key.split("/", 1)
+        np.testing.assert_array_equal(saved[model][name].numpy(), stats[0][f"after:{key}"], err_msg=key)

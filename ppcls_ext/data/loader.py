@@ -1,6 +1,7 @@
 """DataLoaders from a PaddleClas `DataLoader.<Train|Eval>` section: dataset, sampler, workers."""
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any, Dict, Mapping, Optional
 
@@ -16,6 +17,9 @@ from .transforms import build_transforms
 
 DATASETS = {"ImageNetDataset": ImageNetDataset}
 SAMPLERS = ("DistributedBatchSampler", "BatchSampler")
+#: PaddleClas's loader keys, and paddle.io.DataLoader's prefetch depth
+LOADER_KEYS = {"num_workers", "use_shared_memory", "prefetch_factor"}
+logger = logging.getLogger("ppcls_ext")
 
 
 class WorkerSeeder:
@@ -106,17 +110,35 @@ def build_dataloader(
     if sampler_cfg:
         raise ConfigError(f"{where}.sampler: unknown key(s) {sorted(sampler_cfg)}; known: name, batch_size, shuffle, drop_last")
     loader_cfg = dict(cfg.get("loader") or {})
-    num_workers = int(loader_cfg.get("num_workers", 0))
+    unknown = set(loader_cfg) - LOADER_KEYS
+    if unknown:
+        raise ConfigError(f"{where}.loader: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(LOADER_KEYS))}")
+    num_workers = _count(loader_cfg, "num_workers", 0, 0, where)
+    prefetch_factor = _count(loader_cfg, "prefetch_factor", 2, 1, where)
     if num_workers == 0:
+        if mode == "Train" and paddle.device.get_device().startswith("gpu"):
+            logger.warning("%s.loader.num_workers is 0: batches are decoded in the training process and copied to the "
+                           "GPU without prefetching; set num_workers (e.g. 8) to keep the GPU busy", where)
         return InlineLoader(source, sampler, _Collate(batch_ops))
+    # on a GPU, paddle.io's buffered reader (use_buffer_reader, on by default) stages `prefetch_factor`
+    # batches per device in pinned memory (paddle.io's default in dygraph) and copies them asynchronously
     return DataLoader(
         source,
         batch_sampler=sampler,
         num_workers=num_workers,
-        use_shared_memory=bool(loader_cfg.get("use_shared_memory", True)) and num_workers > 0,
+        use_shared_memory=bool(loader_cfg.get("use_shared_memory", True)),
+        prefetch_factor=prefetch_factor,
         collate_fn=_Collate(batch_ops),
         worker_init_fn=seeder,
     )
+
+
+def _count(loader_cfg: Mapping[str, Any], key: str, default: int, minimum: int, where: str) -> int:
+    """An integer loader option, at least `minimum`."""
+    value = loader_cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}.loader.{key} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def train_pipeline(loader):

@@ -29,10 +29,12 @@ class ModelEMA:
 
     @paddle.no_grad()
     def update(self, model: nn.Layer) -> None:
+        """One step of the average. It reads the model's own tensors: under AMP O2 (`paddle.amp.decorate`
+        with `save_dtype`) `state_dict()` would run hooks that make a float32 copy of every tensor."""
         decay = self.current_decay()
         self.updates += 1
-        current = model.state_dict()
-        for key, average in self.module.state_dict().items():
+        current = model.state_dict(use_hook=False)
+        for key, average in self.module.state_dict(use_hook=False).items():
             value = current[key]
             if paddle.is_floating_point(average):
                 average.set_value(average * decay + value.astype(average.dtype) * (1.0 - decay))

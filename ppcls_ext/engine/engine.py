@@ -26,7 +26,8 @@ from .ema import ModelEMA
 from .export import deploy_transforms, export_inference_model, inference_config
 from .log import AverageMeter, ScalarWriter, epoch_line, init_logger, logger, train_line
 from .losses import build_loss
-from .metrics import build_metric
+from .metrics import RunningMeans, build_metric
+from .nonfinite import LossWatch, NonFiniteError, describe_nonfinite_weights, divergence_message, nonfinite_tensors
 from .optim import build_lr_schedule, build_optimizer, update_skipped
 from .postprocess import Topk
 from .predict import classify_files, collect_images, dygraph_runner
@@ -35,7 +36,8 @@ from .progressive import KNOBS, apply_stage, build_schedule
 MODES = ("train", "eval", "infer", "export")
 GLOBAL_KEYS = {"checkpoints", "pretrained_model", "output_dir", "device", "seed", "save_interval", "eval_during_train",
                "eval_interval", "epochs", "print_batch_step", "use_visualdl", "image_shape", "save_inference_dir",
-               "update_freq", "infer_add_softmax", "train_mode", "progressive", "export_deploy_form"}
+               "update_freq", "infer_add_softmax", "train_mode", "progressive", "export_deploy_form",
+               "nonfinite_loss_patience"}
 # PaddleClas keys accepted in upstream configs but without effect here (logged)
 IGNORED_GLOBAL_KEYS = {"to_static": "dygraph training is used", "use_dali": "DALI is not supported; paddle.io is used",
                        "use_multilabel": "multi-label training is not supported", "profiler_options": "no profiler"}
@@ -79,6 +81,10 @@ def _seed_everything(seed: Optional[int], rank: int) -> None:
 class Engine:
     """Sets up everything a mode needs from the config; `train()`, `eval()`, `infer()`, `export()`."""
 
+    amp_level: Optional[str] = None  # "O1" / "O2" while AMP is on (train and eval modes, GPU only)
+    amp_eval = False  # evaluation runs under auto_cast
+    scaler: Optional[paddle.amp.GradScaler] = None
+
     def __init__(self, config: Dict[str, Any], mode: str = "train"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -113,6 +119,8 @@ class Engine:
             self._setup_eval()
         if mode == "train":
             self._setup_train()
+        elif mode == "eval":
+            self._setup_amp()
         self.net = paddle.DataParallel(self.model) if self.world_size > 1 and mode in ("train", "eval") else self.model
 
     # --- set-up -------------------------------------------------------------------------------------
@@ -154,6 +162,7 @@ class Engine:
         ema_cfg = self.config.get("EMA")
         self.ema = ModelEMA(self.model, float(ema_cfg.get("decay", 0.9999)), bool(ema_cfg.get("decay_warmup", True))) if ema_cfg else None
         self._setup_amp()
+        self.loss_watch = LossWatch(self._nonfinite_patience())
         self.start_epoch, self.best, self.best_ema, self.global_step = 1, 0.0, 0.0, 0
         # per epoch: {"epoch", "train": {...}, "train_seconds", "eval": {...}, "progressive": StageValues}
         self.history: List[Dict[str, Any]] = []
@@ -164,22 +173,46 @@ class Engine:
         self.writer = ScalarWriter(os.path.join(self.output_dir, "vdl") if self.glob.get("use_visualdl") and self.rank == 0 else None)
 
     def _setup_amp(self) -> None:
+        """The `AMP` section as PaddleClas reads it, for training and tools/eval.py: `level` O1/O2, loss
+        scaling, and `use_fp16_test` (evaluation under auto_cast). O2 keeps float16 weights, which run only
+        under auto_cast: training at O2 therefore evaluates under auto_cast whatever `use_fp16_test` says,
+        and tools/eval.py with `use_fp16_test` at O2 decorates the model as training did (both as
+        PaddleClas)."""
         amp = self.config.get("AMP") or {}
-        self.amp_level = str(amp.get("level", "O1")).upper() if amp and amp.get("use_amp", True) else None
-        if self.amp_level and self.device != "gpu":
-            logger.warning("AMP (mixed precision) needs a GPU; training in float32 on CPU")
-            self.amp_level = None
-        if self.amp_level not in (None, "O1", "O2"):
+        level = str(amp.get("level", "O1")).upper() if amp and amp.get("use_amp", True) else None
+        if level not in (None, "O1", "O2"):
             raise ConfigError(f"AMP.level must be O1 or O2, got {amp.get('level')!r}")
-        self.scaler = None
-        if self.amp_level:
+        if level and self.device != "gpu":
+            logger.warning("AMP (mixed precision) needs a GPU; %s in float32 on CPU",
+                           "training" if self.mode == "train" else "evaluating")
+            level = None
+        self.amp_level = level
+        fp16_test = bool(amp.get("use_fp16_test", False))
+        self.amp_eval = bool(level) and (fp16_test or (self.mode == "train" and level == "O2"))
+        if self.amp_eval and not fp16_test and self.eval_loader is not None:
+            logger.info("AMP.level O2 trains float16 weights: evaluation runs under auto_cast (AMP.use_fp16_test "
+                        "is forced on, as in PaddleClas)")
+        if level and self.mode == "train":
             self.scaler = paddle.amp.GradScaler(init_loss_scaling=float(amp.get("scale_loss", 65536.0)),
                                                 use_dynamic_loss_scaling=bool(amp.get("use_dynamic_loss_scaling", True)))
-            if self.amp_level == "O2":
+            if level == "O2":
                 self.model, self.optimizer = paddle.amp.decorate(self.model, self.optimizer, level="O2", save_dtype="float32")
+        elif level == "O2" and self.amp_eval:
+            self.model = paddle.amp.decorate(self.model, level="O2", save_dtype="float32")
 
     def _autocast(self, enabled: bool):
-        return paddle.amp.auto_cast(level=self.amp_level) if enabled and self.amp_level else contextlib.nullcontext()
+        """auto_cast at the configured AMP level when `enabled` and AMP is on, else nothing."""
+        return paddle.amp.auto_cast(enable=True, level=self.amp_level) if enabled and self.amp_level else contextlib.nullcontext()
+
+    def _nonfinite_patience(self) -> int:
+        """`Global.nonfinite_loss_patience`: how many consecutive iterations with a NaN/Inf loss stop training;
+        1 by default, 10 under AMP (whose loss scaler skips the steps of batches that overflow)."""
+        value = self.glob.get("nonfinite_loss_patience")
+        if value is None:
+            return 10 if self.amp_level else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"Global.nonfinite_loss_patience must be a positive integer, got {value!r}")
+        return value
 
     def _recover_checkpoints(self, directory: str) -> None:
         """Finish or delete the checkpoint saves a killed run left in `directory` (rank 0; the others wait)."""
@@ -249,6 +282,7 @@ class Engine:
         record["train"] = self._train_epoch(epoch)
         record["train_seconds"] = time.time() - started
         self._average_running_stats()
+        self._check_finite_weights(epoch)
         eval_interval = max(1, int(self.glob.get("eval_interval", 1)))
         if self.eval_loader is not None and (epoch % eval_interval == 0 or epoch == self.epochs):
             record["eval"] = self.evaluate(self.net, epoch)
@@ -270,6 +304,9 @@ class Engine:
         return record
 
     def _train_epoch(self, epoch: int) -> Dict[str, float]:
+        """One pass over the training data. Losses and accuracies are summed on the device and read back
+        (averaged over ranks) only for the log lines, where the non-finite loss watch is read too: on a GPU
+        the other iterations never wait for the device."""
         self.net.train()
         self.seeder.epoch = epoch
         self.train_loader.batch_sampler.set_epoch(epoch)
@@ -277,7 +314,9 @@ class Engine:
             self.seeder()
         if self.glob.get("seed") is not None:
             paddle.seed(self.seeder.derive(stream=1))  # dropout and drop-path: reproducible per epoch
-        meters: Dict[str, AverageMeter] = {}
+        means = RunningMeans()
+        self.loss_watch.reset()
+        learning_rates: List[float] = []  # per iteration, to name the one a divergence began at
         times = {"batch_cost": AverageMeter(), "reader_cost": AverageMeter()}
         total = self.iters_per_epoch
         tic = time.time()
@@ -295,33 +334,71 @@ class Engine:
                     losses = self.train_loss(logits, labels)
                 loss = losses["loss"] / self.update_freq
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
+            learning_rates.append(self.schedule.get_lr())
             if boundary:
                 self._optimizer_step()
-            for key, value in {**self.train_metric(logits, labels), **{k: float(v) for k, v in losses.items()}}.items():
-                meters.setdefault(key, AverageMeter()).update(value, batch_size)
+            self.loss_watch.update(losses["loss"])
+            means.add({**self.train_metric(logits, labels), **losses}, batch_size)
             times["batch_cost"].update(time.time() - tic)
             if iteration % self.print_step == 0:
+                values = self._read_train_means(means, epoch, learning_rates)
                 eta = ((self.epochs - epoch + 1) * total - iteration) * times["batch_cost"].avg
                 logger.info(train_line(epoch, self.epochs, iteration, total, self.schedule.name, self.schedule.get_lr(),
-                                       meters, times, batch_size, eta))
-                self.writer.add({"lr": self.schedule.get_lr(), **{f"train_{k}": m.avg for k, m in meters.items()}}, self.global_step)
+                                       values, times, batch_size, eta))
+                self.writer.add({"lr": self.schedule.get_lr(), **{f"train_{k}": v for k, v in values.items()}}, self.global_step)
             tic = time.time()
-        logger.info(epoch_line("Train", epoch, self.epochs, meters))
-        return {key: meter.avg for key, meter in meters.items()}
+        values = self._read_train_means(means, epoch, learning_rates)
+        logger.info(epoch_line("Train", epoch, self.epochs, values))
+        return values
+
+    def _read_train_means(self, means: RunningMeans, epoch: int, learning_rates: List[float]) -> Dict[str, float]:
+        """The epoch's running means over all ranks, after checking the loss watch: a diverged run stops
+        here, naming the iteration where the loss first went non-finite."""
+        tripped = self.loss_watch.tripped(self.world_size)
+        if tripped is not None:
+            iteration, value = tripped
+            amp = None
+            if self.scaler is not None:
+                scale = self.scaler.state_dict().get("scale")
+                amp = {"level": self.amp_level, "scale": float(np.ravel(scale)[0]) if scale is not None else float("nan")}
+            lr_key = "Optimizer.lr." + ("values" if self.schedule.name == "Piecewise" else "learning_rate")
+            raise NonFiniteError(divergence_message(epoch, iteration, value, self.loss_watch.patience,
+                                                    learning_rates[iteration], lr_key, amp, self._kept_checkpoints(epoch)))
+        return means.read(self.world_size)
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """Before anything is evaluated or saved: weights and running statistics must be finite."""
+        models = [("model", self.model)] + ([("EMA", self.ema.module)] if self.ema is not None else [])
+        for name, model in models:
+            state = model.state_dict(use_hook=False)
+            bad = nonfinite_tensors(state)
+            if bad:
+                raise NonFiniteError(f"training stopped after epoch {epoch}: {len(bad)} of {len(state)} {name} tensors hold "
+                                     f"NaN or Inf (e.g. {bad[0]}); the learning rate is likely too high; "
+                                     f"{self._kept_checkpoints(epoch)}")
+
+    def _kept_checkpoints(self, epoch: int) -> str:
+        """What a run stopped in `epoch` leaves: checkpoints are written at the end of each epoch."""
+        if epoch > 1:
+            return f"nothing from epoch {epoch} was saved; the checkpoints up to epoch {epoch - 1} are kept"
+        return "no checkpoint was written"
 
     def _average_running_stats(self) -> None:
-        """Average the non-trainable state (BN running mean/variance, which Paddle keeps as frozen
-        parameters) over ranks: each rank tracked only its own shard, and the model evaluated and saved
-        must be one model."""
+        """Average the model's non-trainable state (BN running mean/variance, which Paddle keeps as frozen
+        parameters), and the same entries of the EMA, over ranks: each rank tracked only its own shard,
+        and the model evaluated and saved must be one model. The tensors themselves are averaged: under
+        AMP O2, `state_dict()`'s hooks would hand out float32 copies."""
         if self.world_size == 1:
             return
+        state = self.model.state_dict(use_hook=False)
+        keys = [key for key, tensor in state.items() if paddle.is_floating_point(tensor) and tensor.stop_gradient]
         models = [self.model] + ([self.ema.module] if self.ema is not None else [])
         with paddle.no_grad():
             for model in models:
-                for tensor in model.state_dict().values():
-                    if paddle.is_floating_point(tensor) and tensor.stop_gradient:
-                        dist.all_reduce(tensor)
-                        tensor.set_value(tensor / self.world_size)
+                tensors = model.state_dict(use_hook=False)
+                for key in keys:
+                    dist.all_reduce(tensors[key])
+                    tensors[key].set_value(tensors[key] / self.world_size)
 
     def _optimizer_step(self) -> bool:
         """Apply the accumulated gradients; returns whether the update was applied. A step that the loss
@@ -366,48 +443,59 @@ class Engine:
     @paddle.no_grad()
     def evaluate(self, net: paddle.nn.Layer, epoch: int = 0, label: str = "Eval") -> Dict[str, float]:
         """Loss and top-k over the whole eval set, each image counted once across ranks (the sampler's
-        padding is dropped by sample index)."""
+        padding is dropped by sample index). Per-sample results stay on the device until the end. Model
+        outputs holding NaN/Inf stop with an error instead of scoring them."""
         net.eval()
-        indices, losses, hits = [], [], []
+        rows = []  # per batch: [N, 1 + losses + top-k + 1] = sample index, losses, hits, output is finite
         times = {"batch_cost": AverageMeter(), "reader_cost": AverageMeter()}
         tic = time.time()
         for iteration, (images, labels, index) in enumerate(self.eval_loader):
             times["reader_cost"].update(time.time() - tic)
-            with self._autocast(bool((self.config.get("AMP") or {}).get("use_fp16_test", False))):
+            with self._autocast(self.amp_eval):
                 logits = net(images).astype("float32")
             per_sample = self.eval_loss(logits, labels)
-            indices.append(index.numpy().reshape(-1))
-            losses.append(np.stack([per_sample[k].numpy().reshape(-1) for k in per_sample], axis=-1))
-            hits.append(self.eval_metric.hits(logits, labels).numpy())
+            rows.append(paddle.concat([index.reshape([-1, 1]).astype("float64")]
+                                      + [per_sample[k].reshape([-1, 1]).astype("float64") for k in per_sample]
+                                      + [self.eval_metric.hits(logits, labels).astype("float64"),
+                                         paddle.isfinite(logits).all(axis=-1, keepdim=True).astype("float64")], axis=1))
             times["batch_cost"].update(time.time() - tic)
             if iteration % self.print_step == 0:
                 logger.info("[%s][Epoch %d][Iter: %d/%d]batch_cost: %.5fs, reader_cost: %.5f, ips: %.5f images/sec",
                             label, epoch, iteration, len(self.eval_loader), times["batch_cost"].avg,
                             times["reader_cost"].avg, images.shape[0] / max(times["batch_cost"].avg, 1e-12))
             tic = time.time()
-        index, values = self._gather(np.concatenate(indices), np.concatenate([np.concatenate(losses), np.concatenate(hits)], axis=1))
-        _, first = np.unique(index, return_index=True)
-        means = values[first].mean(axis=0)
+        table = self._gather(paddle.concat(rows))
+        _, first = np.unique(table[:, 0].astype("int64"), return_index=True)
+        table = table[first, 1:]
+        broken = int((table[:, -1] == 0).sum())
+        if broken:
+            raise NonFiniteError(f"[{label}] epoch {epoch}: the model's outputs hold NaN or Inf for {broken} of {len(first)} "
+                                 f"images, so no scores are reported" + ("; float16 evaluation may overflow: try "
+                                 "AMP.use_fp16_test: False" if self.amp_eval and self.amp_level == "O1" else ""))
         names = list(per_sample) + list(self.eval_metric.names())
-        result = {name: float(v) for name, v in zip(names, means)}
-        meters = {}
-        for name, value in result.items():
-            meters[name] = AverageMeter()
-            meters[name].update(value, len(first))
-        logger.info(epoch_line(label, epoch, None, meters) + f", images: {len(first)}")
+        result = {name: float(v) for name, v in zip(names, table[:, :-1].astype("float32").mean(axis=0))}
+        logger.info(epoch_line(label, epoch, None, result) + f", images: {len(first)}")
         return result
 
-    def _gather(self, index: np.ndarray, values: np.ndarray):
-        """Concatenate every rank's (index, values); ranks hold equally many samples (padded sampler)."""
-        if self.world_size == 1:
-            return index, values
-        gathered_index, gathered_values = [], []
-        dist.all_gather(gathered_index, paddle.to_tensor(index))
-        dist.all_gather(gathered_values, paddle.to_tensor(values.astype("float32")))
-        return (np.concatenate([t.numpy() for t in gathered_index]), np.concatenate([t.numpy() for t in gathered_values]))
+    def _gather(self, rows: paddle.Tensor) -> np.ndarray:
+        """Every rank's rows, concatenated, on the host; ranks hold equally many samples (padded sampler)."""
+        if self.world_size > 1:
+            gathered: List[paddle.Tensor] = []
+            dist.all_gather(gathered, rows)
+            rows = paddle.concat(gathered)
+        return rows.numpy()
+
+    def _check_loaded_weights(self) -> None:
+        """tools/eval.py and infer.py refuse weights holding NaN/Inf (a diverged run's), rather than
+        printing NaN scores."""
+        message = describe_nonfinite_weights(self.model.state_dict(use_hook=False),
+                                             f"Global.pretrained_model={self.glob.get('pretrained_model')}")
+        if message:
+            raise NonFiniteError(message)
 
     def eval(self) -> Dict[str, float]:
         """tools/eval.py: evaluate `Global.pretrained_model` (or the initial weights) on DataLoader.Eval."""
+        self._check_loaded_weights()
         return self.evaluate(self.net, epoch=0)
 
     # --- inference and export -----------------------------------------------------------------------
@@ -436,6 +524,7 @@ class Engine:
         """tools/infer.py: classify `Infer.infer_imgs` (a file, a folder or a list); prints PaddleClas's
         result lines and, with `json_path`, writes the results as JSON ("-" for stdout)."""
         infer = self._infer_section()
+        self._check_loaded_weights()
         files = collect_images(section(infer, "infer_imgs"))
         transform = build_transforms(self._infer_transforms(), "Infer.transforms")
         results = []

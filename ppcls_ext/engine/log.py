@@ -50,26 +50,27 @@ class AverageMeter:
         return self.sum / self.count if self.count else 0.0
 
 
-def _values(meters: Mapping[str, AverageMeter]) -> str:
-    return ", ".join(f"{key}: {meter.avg:.5f}" for key, meter in meters.items())
+def _values(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{key}: {value:.5f}" for key, value in values.items())
 
 
 def train_line(epoch: int, epochs: int, iteration: int, iterations: int, lr_name: str, lr: float,
-               meters: Mapping[str, AverageMeter], times: Mapping[str, AverageMeter], batch_size: int,
+               values: Mapping[str, float], times: Mapping[str, AverageMeter], batch_size: int,
                eta_seconds: float) -> str:
-    """One training progress line, field for field as PaddleClas prints it."""
+    """One training progress line, field for field as PaddleClas prints it; `values` are the epoch's
+    running means (losses, accuracies)."""
     time_msg = "s, ".join(f"{key}: {meter.avg:.5f}" for key, meter in times.items())
     batch_cost = times["batch_cost"].avg
     ips = batch_size / batch_cost if batch_cost > 0 else 0.0
     eta = datetime.timedelta(seconds=int(max(eta_seconds, 0)))
     return (f"[Train][Epoch {epoch}/{epochs}][Iter: {iteration}/{iterations}]lr({lr_name}): {lr:.8f}, "
-            f"{_values(meters)}, {time_msg}, ips: {ips:.5f} samples/s, eta: {eta}")
+            f"{_values(values)}, {time_msg}, ips: {ips:.5f} samples/s, eta: {eta}")
 
 
-def epoch_line(mode: str, epoch: int, epochs: Optional[int], meters: Mapping[str, AverageMeter]) -> str:
+def epoch_line(mode: str, epoch: int, epochs: Optional[int], values: Mapping[str, float]) -> str:
     """The `[Avg]` summary of a training epoch or an evaluation."""
     where = f"[Epoch {epoch}/{epochs}]" if epochs is not None else f"[Epoch {epoch}]"
-    return f"[{mode}]{where}[Avg]{_values(meters)}"
+    return f"[{mode}]{where}[Avg]{_values(values)}"
 
 
 class ScalarWriter:

@@ -59,6 +59,9 @@ class Topk:
         results = []
         k = min(self.topk, probabilities.shape[-1])
         for row, file_name in zip(probabilities, file_names):
+            if not np.isfinite(row).all():  # NaN scores would rank arbitrary classes
+                results.append({"file_name": file_name, "error": "the model's output holds NaN or Inf; no scores"})
+                continue
             ids = np.argsort(-row, kind="stable")[:k]
             result = {"class_ids": [int(i) for i in ids], "scores": [round(float(row[i]), 5) for i in ids],
                       "file_name": file_name}
