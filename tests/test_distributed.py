@@ -114,8 +114,9 @@ def test_two_processes_log_the_mean_of_both_ranks_and_average_bn_statistics(digi
     stats = [np.load(tmp_path / f"rank{r}_stats.npz") for r in range(2)]
     keys = [k[len("before:"):] for k in stats[0].files if k.startswith("before:")]
     assert {k.split("/")[0] for k in keys} == {"model", "ema"} and len(keys) > 50
-    saved = {"model": paddle.load(f"{tmp_path}/out/MicroNet_M0/latest.pdparams"),
-             "ema": paddle.load(f"{tmp_path}/out/MicroNet_M0/latest.pdema")}
+    # with EMA, PaddleClas's layout keeps the EMA weights in .pdparams and the trained model's in .pdema
+    saved = {"model": paddle.load(f"{tmp_path}/out/MicroNet_M0/latest.pdema"),
+             "ema": paddle.load(f"{tmp_path}/out/MicroNet_M0/latest.pdparams")}
     spread = max(np.abs(stats[0][f"before:{k}"] - stats[1][f"before:{k}"]).max() for k in keys)
     assert spread > 1e-3
     for key in keys:
