@@ -167,22 +167,34 @@ def check_sections(config: Mapping[str, Any], used: Sequence[str], ignored: Opti
 ValueCheck = Callable[[Any, str], Any]
 
 
-def integer(minimum: Optional[int] = None, maximum: Optional[int] = None, optional: bool = False) -> ValueCheck:
-    """A check that the value is an int (not a bool, not 1.5) within [minimum, maximum]; None passes
-    only when `optional`."""
+def _bounded(kind: str, types: tuple, minimum: Optional[float], maximum: Optional[float], optional: bool) -> ValueCheck:
+    """A check that the value is of `types` (never a bool) within [minimum, maximum]; None passes only
+    when `optional`. `kind` names the expected kind in the error ('an integer')."""
     bounds = " and ".join(part for part in (f">= {minimum}" if minimum is not None else "",
                                              f"<= {maximum}" if maximum is not None else "") if part)
-    expected = f"an integer{' ' + bounds if bounds else ''}{' or null' if optional else ''}"
+    expected = f"{kind}{' ' + bounds if bounds else ''}{' or null' if optional else ''}"
 
     def check(value: Any, where: str) -> Any:
         if value is None and optional:
             return value
-        if (isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum)
+        if (isinstance(value, bool) or not isinstance(value, types) or (minimum is not None and value < minimum)
                 or (maximum is not None and value > maximum)):
             raise ConfigError(f"{where} must be {expected}, got {value!r}")
         return value
 
     return check
+
+
+def integer(minimum: Optional[int] = None, maximum: Optional[int] = None, optional: bool = False) -> ValueCheck:
+    """A check that the value is an int (not a bool, not 1.5) within [minimum, maximum]; None passes
+    only when `optional`."""
+    return _bounded("an integer", (int,), minimum, maximum, optional)
+
+
+def number(minimum: Optional[float] = None, maximum: Optional[float] = None, optional: bool = False) -> ValueCheck:
+    """A check that the value is an int or float (not a bool, not a string) within [minimum, maximum];
+    None passes only when `optional`."""
+    return _bounded("a number", (int, float), minimum, maximum, optional)
 
 
 def boolean(value: Any, where: str) -> Any:
@@ -203,8 +215,11 @@ def int_list(length: int, minimum: int = 1) -> ValueCheck:
     return check
 
 
-def check_values(values: Mapping[str, Any], checks: Mapping[str, ValueCheck], where: str) -> None:
-    """Apply `checks[key]` to each key of `values` that has one; errors name `where.key`."""
+def check_values(values: Any, checks: Mapping[str, ValueCheck], where: str) -> None:
+    """Apply `checks[key]` to each key of the mapping `values` that has one; errors name `where.key`.
+    Anything but a mapping is left to the code that reads it."""
+    if not isinstance(values, Mapping):
+        return
     for key, value in values.items():
         if key in checks:
             checks[key](value, f"{where}.{key}")

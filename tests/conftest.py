@@ -106,6 +106,9 @@ def digits_export(digits, digits_weights, tmp_path_factory):
 def run_main(main, argv, capsys):
     """(exit status, stdout, stderr) of an in-process CLI `main(argv)`, checking that it printed no
     traceback (an exception escaping `main`, what a user would see as one, fails the test by itself)."""
+    from ppcls_ext.engine.log import init_logger
+
+    init_logger()  # log to this test's captured stdout, as a fresh process would log to its own
     status = main(argv)
     out, err = capsys.readouterr()
     assert "Traceback" not in err + out

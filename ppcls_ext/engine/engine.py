@@ -15,7 +15,7 @@ import paddle
 import paddle.distributed as dist
 
 from .. import cpu_env, registry
-from ..config import ConfigError, boolean, check_sections, check_values, int_list, integer, section
+from ..config import ConfigError, boolean, check_sections, check_values, int_list, integer, number, section
 from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
@@ -46,6 +46,12 @@ GLOBAL_VALUES = {"epochs": integer(1), "eval_interval": integer(1), "print_batch
                  "seed": integer(0, 2**31 - 1, optional=True), "image_shape": int_list(3),
                  "eval_during_train": boolean, "use_visualdl": boolean, "infer_add_softmax": boolean,
                  "export_deploy_form": boolean}
+# numeric values of the training sections, by section path (a string would fail mid-run, or inside Paddle)
+TRAINING_VALUES = {"Optimizer": {"momentum": number(0), "weight_decay": number(0, optional=True),
+                                 "clip_norm": number(0, optional=True)},
+                   "Optimizer.lr": {"learning_rate": number(0), "warmup_epoch": number(0), "warmup_start_lr": number(0),
+                                    "eta_min": number(0), "gamma": number(0), "step_size": number(0)},
+                   "Optimizer.regularizer": {"coeff": number(0)}, "EMA": {"decay": number(0, 1)}}
 SECTIONS = ("Global", "Arch", "Loss", "Optimizer", "DataLoader", "Infer", "Metric", "EMA", "AMP")
 # PaddleClas sections for features this package does not have (logged)
 IGNORED_SECTIONS = {"Slim": "quantization and pruning (PaddleSlim) are not supported",
@@ -144,6 +150,8 @@ class Engine:
         self._check_global_keys()
         check_values(self.glob, GLOBAL_VALUES, "Global")
         check_values(self.config.get("Infer") or {}, {"batch_size": integer(1)}, "Infer")
+        for path, checks in TRAINING_VALUES.items():
+            check_values(section(self.config, path, required=False), checks, path)
         if self.mode == "export":
             ensure_directory(os.path.dirname(os.path.abspath(self.glob.get("save_inference_dir", "./inference"))),
                              "Global.save_inference_dir")

@@ -23,6 +23,8 @@ def collect_images(source: Union[str, Sequence[str]]) -> List[str]:
     paths = [source] if isinstance(source, str) else list(source)
     images: List[str] = []
     for path in paths:
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"Infer.infer_imgs: expected an image or folder path (or a list of them), got {path!r}")
         if os.path.isdir(path):
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))

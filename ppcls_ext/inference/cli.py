@@ -52,11 +52,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = load_config(args.config, args.override)
         glob = check_deploy_config(config)
         topk = (config.get("PostProcess") or {}).get("Topk") or {}
-        files = collect_images(section(glob, "infer_imgs"))
         classifier = DeployedClassifier(
             section(glob, "inference_model_dir"), options_from_config(glob), batch_size=glob.get("batch_size", 1),
             topk=topk.get("topk"), class_id_map_file=topk.get("class_id_map_file"),
             preprocess=(config.get("PreProcess") or {}).get("transform_ops"))
+        files = collect_images(section(glob, "infer_imgs"))
         results = []
         for result in classifier.classify(files):
             results.append(result)
