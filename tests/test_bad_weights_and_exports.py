@@ -62,7 +62,7 @@ def test_no_weights_is_said(digits, tmp_path, capsys, mode, verb):
     (lambda path, good: path.write_bytes(good.read_bytes()[:5000]), "is not a readable Paddle state dict (.pdparams)"),
     (lambda path, good: path.write_bytes(b"hello"), "is not a readable Paddle state dict (.pdparams)"),
     (lambda path, good: path.mkdir(), "weights file not found"),
-])
+], ids=["cut-short", "not-pdparams", "a-folder"])
 def test_unreadable_weights_are_one_line(digits, tmp_path, digits_weights, capsys, make, message):
     path = tmp_path / "bad.pdparams"
     make(path, digits_weights)
@@ -83,7 +83,7 @@ def _cut(path):
      "the exported model cannot be loaded"),
     (lambda d: (d / "inference.yml").write_text("Global: [unclosed\n"), [], "inference.yml is not valid YAML: "),
     (lambda d: shutil.rmtree(d), [], "holds no Paddle inference model: no such directory"),
-])
+], ids=["pdiparams-cut", "pdiparams-empty", "json-cut", "onnx-garbage", "yml-not-yaml", "folder-missing"])
 def test_damaged_exports_are_one_line_naming_the_folder(digits, tmp_path, digits_export, capsys, damage, extra, message):
     export = tmp_path / "export"
     shutil.copytree(digits_export, export)

@@ -45,7 +45,7 @@ def test_a_line_that_is_not_utf8_is_named(digits, tmp_path, good_lines):
     ("tabs", lambda lines: "\n".join(line.replace(" ", "\t") for line in lines).encode()),
     ("spaces", lambda lines: "\n".join(f"  {line.replace(' ', '   ')}  " for line in lines).encode()),
     ("blank lines", lambda lines: ("\n\n".join(lines) + "\n\n").encode()),
-])
+], ids=lambda value: value if isinstance(value, str) else "")
 def test_common_editor_variants_read_the_same(digits, tmp_path, good_lines, name, raw):
     expected = read_label_file(str(write(tmp_path / "plain.txt", good_lines)), str(digits))
     paths, labels, _ = read_label_file(str(write(tmp_path / "variant.txt", raw=raw(good_lines))), str(digits))

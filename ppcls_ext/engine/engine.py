@@ -58,6 +58,7 @@ IGNORED_SECTIONS = {"Slim": "quantization and pruning (PaddleSlim) are not suppo
                     "SSL": "semi-supervised training is not supported", "UnLabelLoss": "semi-supervised training is not supported",
                     "MLDecoder": "the ML-Decoder head is not supported",
                     "Hpi": "high-performance inference settings belong to PaddleClas's deploy tools"}
+_RANDOM_WEIGHTS_VERB = {"eval": "evaluating", "infer": "classifying with", "export": "exporting"}
 
 
 def build_model(arch: Dict[str, Any]) -> paddle.nn.Layer:
@@ -73,9 +74,6 @@ def build_model(arch: Dict[str, Any]) -> paddle.nn.Layer:
         raise ConfigError(f"Arch.name: {error}") from error
     except (TypeError, ValueError) as error:
         raise ConfigError(f"Arch: {error}") from error
-
-
-_RANDOM_WEIGHTS_VERB = {"eval": "evaluating", "infer": "classifying with", "export": "exporting"}
 
 
 def _set_device(requested: str) -> str:
