@@ -55,6 +55,8 @@ def read_label_file(label_path: str, image_root: str, delimiter: Optional[str] =
     that every image exists and every label is a non-negative integer. Errors name the file and line."""
     if not os.path.isdir(image_root):
         raise ConfigError(f"image_root does not exist or is not a directory: {image_root}")
+    if os.path.isdir(label_path):
+        raise ConfigError(f"label file {label_path} is a directory")
     if not os.path.isfile(label_path):
         raise ConfigError(f"label file not found: {label_path}")
     paths, labels, lines = [], [], []

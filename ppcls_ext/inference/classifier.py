@@ -34,7 +34,8 @@ class ExportError(ValueError):
 def read_description(model_dir: str) -> Optional[Dict[str, Any]]:
     """The export's inference.yml (preprocessing, top-k, labels), or None for exports without one."""
     if not os.path.isdir(model_dir):
-        raise ConfigError(f"{model_dir} holds no Paddle inference model: no such directory")
+        raise ConfigError(f"{model_dir} holds no Paddle inference model: "
+                          f"{'not a directory' if os.path.exists(model_dir) else 'no such directory'}")
     path = os.path.join(model_dir, DESCRIPTION_FILE)
     if not os.path.isfile(path):
         return None
