@@ -1,10 +1,14 @@
-"""PaddleClas-format configs: YAML loading, `-o` overrides, and errors that name the key."""
+"""PaddleClas-format configs: YAML loading, `-o` overrides, and errors that name the key; the values and
+sections checked at start-up, through the tools (exit status 2, one line, no traceback)."""
 import os
 import re
 
 import pytest
 
-from ppcls_ext.config import ConfigError, apply_override, load_config, parse_value, section
+from conftest import quick_argv, run_main
+from ppcls_ext import cli
+from ppcls_ext.config import (ConfigError, apply_override, boolean, check_sections, closest, int_list, integer,
+                              load_config, number, parse_value, section)
 
 CONFIG = """
 Global:
@@ -106,8 +110,6 @@ def test_parse_value():
 
 # --- config values and sections (checked at start-up; through the tools: exit status 2, one line) -----
 
-from ppcls_ext.config import boolean, check_sections, closest, int_list, integer, number  # noqa: E402
-
 
 def test_value_checks_accept_only_the_kind_named():
     assert integer(1)(3, "Global.epochs") == 3 and integer(optional=True)(None, "Global.seed") is None
@@ -145,9 +147,6 @@ def test_sections_misspelt_are_errors_unknown_ones_warned(engine_log):
 @pytest.fixture
 def train_tool(digits, tmp_path, capsys):
     """Runs tools/train.py in process on the quick-start config: (exit status, stdout, stderr)."""
-    from conftest import quick_argv, run_main
-    from ppcls_ext import cli
-
     def run(*overrides, mode="train"):
         return run_main(lambda argv: cli.main(mode, argv), quick_argv(digits, tmp_path, *overrides), capsys)
 
