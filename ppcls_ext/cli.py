@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from .config import ConfigError, load_config
+from .data.dataset import DataError
+from .output_paths import check_writable_file
 from .weights import IncompatibleWeightsError, WeightsDownloadError
 
-#: errors caused by the user's input (config, paths, weights): one line on stderr, exit status 2
-USER_ERRORS = (ConfigError, FileNotFoundError, IncompatibleWeightsError, WeightsDownloadError)
+#: errors caused by the user's input (config, paths, data, weights): one line on stderr, exit status 2
+USER_ERRORS = (ConfigError, FileNotFoundError, IncompatibleWeightsError, WeightsDownloadError, DataError)
 #: training diverged, or weights / model outputs hold NaN or Inf: one line on stderr
 NONFINITE_EXIT_STATUS = 3
 
@@ -31,6 +33,27 @@ def parse_args(mode: str, argv: Optional[List[str]] = None) -> argparse.Namespac
     return parser.parse_args(argv)
 
 
+def error_line(error: BaseException) -> str:
+    """The message of a user error as one line. An error re-raised from a DataLoader worker carries the
+    worker's traceback in its message; its last line is the error itself."""
+    text = str(error).strip()
+    if "Traceback (most recent call last)" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+def report_failures(results: Sequence[dict]) -> int:
+    """Print 'N of M images failed' on stderr when any image failed (its result is an 'error' entry);
+    the exit status: 2 when every image failed, else 0."""
+    failed = sum("error" in result for result in results)
+    if not failed:
+        return 0
+    every = failed == len(results)
+    print(f"{'error' if every else 'warning'}: {failed} of {len(results)} images failed (see their 'error' entries)",
+          file=sys.stderr)
+    return 2 if every else 0
+
+
 def main(mode: str, argv: Optional[List[str]] = None) -> int:
     """Run one tool; errors in the user's input are reported in one line (exit status 2), not a traceback."""
     args = parse_args(mode, argv)
@@ -38,19 +61,21 @@ def main(mode: str, argv: Optional[List[str]] = None) -> int:
     from .engine.nonfinite import NonFiniteError
 
     try:
+        if getattr(args, "json", None) not in (None, "-"):
+            check_writable_file(args.json, "--json")
         engine = Engine(load_config(args.config, args.override), mode)
         if mode == "train":
             engine.train()
         elif mode == "eval":
             engine.eval()
         elif mode == "infer":
-            engine.infer(args.json)
+            return report_failures(engine.infer(args.json))
         else:
             engine.export()
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error_line(error)}", file=sys.stderr)
         return 2
     except NonFiniteError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error_line(error)}", file=sys.stderr)
         return NONFINITE_EXIT_STATUS
     return 0

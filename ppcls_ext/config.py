@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import logging
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import yaml
 
@@ -77,6 +78,8 @@ def apply_override(config: Dict[str, Any], option: str) -> None:
 
 def load_config(path: str, overrides: Iterable[str] = ()) -> Dict[str, Any]:
     """Read a YAML config file and apply `-o` overrides in order."""
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a directory")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -132,6 +135,94 @@ def build_from_registry(kind: str, registry: Mapping[str, Any], name: str, args:
         return registry[name](**args)
     except TypeError as error:
         raise ConfigError(f"{where}: bad arguments for {kind} {name}: {error}") from error
+
+
+def closest(name: str, known: Iterable[str], cutoff: float = 0.6) -> Optional[str]:
+    """The known name most like `name` (compared case-insensitively), or None."""
+    by_folded = {k.lower(): k for k in known}
+    match = difflib.get_close_matches(name.lower(), list(by_folded), n=1, cutoff=cutoff)
+    return by_folded[match[0]] if match else None
+
+
+def check_sections(config: Mapping[str, Any], used: Sequence[str], ignored: Optional[Mapping[str, str]] = None,
+                   where: str = "the config") -> None:
+    """Top-level sections: one that looks like a misspelling of a known section (`Optimiser`, `dataloader`)
+    is an error, as its settings would silently not apply; `ignored` ones (known, without effect here,
+    with the reason) and other unknown ones are logged."""
+    ignored = ignored or {}
+    for name in config:
+        if name in used:
+            continue
+        if name in ignored:
+            logger.warning("section %s is ignored: %s", name, ignored[name])
+            continue
+        near = closest(str(name), list(used) + list(ignored), cutoff=0.75)
+        if near is not None:
+            raise ConfigError(f"unknown section {name!r} in {where}: did you mean {near}? (as it is, its settings "
+                              "would not be applied)")
+        logger.warning("unknown section %s in %s is ignored (the sections used: %s)", name, where, ", ".join(used))
+
+
+#: checks of one config value: (value, "Section.key") -> the value, or ConfigError naming the key and value
+ValueCheck = Callable[[Any, str], Any]
+
+
+def _bounded(kind: str, types: tuple, minimum: Optional[float], maximum: Optional[float], optional: bool) -> ValueCheck:
+    """A check that the value is of `types` (never a bool) within [minimum, maximum]; None passes only
+    when `optional`. `kind` names the expected kind in the error ('an integer')."""
+    bounds = " and ".join(part for part in (f">= {minimum}" if minimum is not None else "",
+                                             f"<= {maximum}" if maximum is not None else "") if part)
+    expected = f"{kind}{' ' + bounds if bounds else ''}{' or null' if optional else ''}"
+
+    def check(value: Any, where: str) -> Any:
+        if value is None and optional:
+            return value
+        if (isinstance(value, bool) or not isinstance(value, types) or (minimum is not None and value < minimum)
+                or (maximum is not None and value > maximum)):
+            raise ConfigError(f"{where} must be {expected}, got {value!r}")
+        return value
+
+    return check
+
+
+def integer(minimum: Optional[int] = None, maximum: Optional[int] = None, optional: bool = False) -> ValueCheck:
+    """A check that the value is an int (not a bool, not 1.5) within [minimum, maximum]; None passes
+    only when `optional`."""
+    return _bounded("an integer", (int,), minimum, maximum, optional)
+
+
+def number(minimum: Optional[float] = None, maximum: Optional[float] = None, optional: bool = False) -> ValueCheck:
+    """A check that the value is an int or float (not a bool, not a string) within [minimum, maximum];
+    None passes only when `optional`."""
+    return _bounded("a number", (int, float), minimum, maximum, optional)
+
+
+def boolean(value: Any, where: str) -> Any:
+    """A check that the value is True or False (a string such as 'flase' would count as true)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be True or False, got {value!r}")
+    return value
+
+
+def int_list(length: int, minimum: int = 1) -> ValueCheck:
+    """A check for a list of `length` integers >= `minimum`, e.g. Global.image_shape [3, 224, 224]; None passes."""
+    def check(value: Any, where: str) -> Any:
+        if value is not None and (not isinstance(value, (list, tuple)) or len(value) != length or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value)):
+            raise ConfigError(f"{where} must be a list of {length} integers >= {minimum}, got {value!r}")
+        return value
+
+    return check
+
+
+def check_values(values: Any, checks: Mapping[str, ValueCheck], where: str) -> None:
+    """Apply `checks[key]` to each key of the mapping `values` that has one; errors name `where.key`.
+    Anything but a mapping is left to the code that reads it."""
+    if not isinstance(values, Mapping):
+        return
+    for key, value in values.items():
+        if key in checks:
+            checks[key](value, f"{where}.{key}")
 
 
 def dump_yaml(data: Any) -> str:

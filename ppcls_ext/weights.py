@@ -153,10 +153,12 @@ def _listing(keys: List[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_weights(model: ImageClassifier, state_dict: Mapping[str, object], source: str = "state dict") -> List[str]:
+def load_weights(model: ImageClassifier, state_dict: Mapping[str, object], source: str = "state dict",
+                 allow_classifier_mismatch: bool = True) -> List[str]:
     """Load `state_dict` (our layout or PaddleClas's) into `model`, strictly: every tensor must be present
     with its shape, except the classifier's, which is left as initialised when the checkpoint's has
-    another class count or none (fine-tuning). Returns the classifier keys not loaded."""
+    another class count or none (fine-tuning) — unless `allow_classifier_mismatch` is False (evaluation,
+    inference, export), where that would give a random classifier. Returns the classifier keys not loaded."""
     state = model.convert_state_dict(state_dict)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -172,6 +174,11 @@ def load_weights(model: ImageClassifier, state_dict: Mapping[str, object], sourc
             problems.append(f"{label} {len(keys)}: {_listing(keys)}")
     if problems:
         raise IncompatibleWeightsError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
+    if skipped and not allow_classifier_mismatch:
+        counts = [(_shape(state[k])[-1], _shape(expected[k])[-1]) for k in skipped if k in state and k in expected]
+        found = f"is for {counts[0][0]} classes, the model has {counts[0][1]}" if counts else f"lacks {_listing(skipped)}"
+        raise IncompatibleWeightsError(f"{source}: its classifier {found} (Arch.class_num); only training may leave "
+                                       "a classifier randomly initialised")
     if skipped:
         logger.warning("%s: classifier does not match the model's class_num; left as initialised: %s", source, _listing(skipped))
     loaded = {k: v for k, v in state.items() if k in expected and k not in skipped}
@@ -180,11 +187,11 @@ def load_weights(model: ImageClassifier, state_dict: Mapping[str, object], sourc
 
 
 def load_pretrained(model: ImageClassifier, source: PathLike, sha256: Optional[str] = None,
-                    origin: Optional[str] = None) -> List[str]:
+                    origin: Optional[str] = None, allow_classifier_mismatch: bool = True) -> List[str]:
     """Load weights from a local path or a URL (cached; a download that is not a weights file is deleted
     again so that the next attempt fetches it afresh): a `.pdparams`, or for EfficientNets a PyTorch /
     `.safetensors` checkpoint (see `read_weights`), whose source numerics are then set on the model.
-    Returns the skipped classifier keys."""
+    Returns the skipped classifier keys (see `load_weights` for `allow_classifier_mismatch`)."""
     if is_url(source):
         path = download(str(source), sha256=sha256)
         try:
@@ -195,7 +202,7 @@ def load_pretrained(model: ImageClassifier, source: PathLike, sha256: Optional[s
     else:
         path = resolve_path(source)
         state, numerics, label = read_weights(model, path, origin)
-    skipped = load_weights(model, state, source=label)
+    skipped = load_weights(model, state, source=label, allow_classifier_mismatch=allow_classifier_mismatch)
     if numerics is not None:  # after a load that fitted: rebuilt convolutions keep the loaded weights
         set_source_numerics(model, numerics, label)
     logger.info("loaded weights from %s", label)

@@ -41,11 +41,9 @@ def digits(tmp_path_factory):
     return root
 
 
-def quick_config(digits, output, *overrides):
-    """The quick-start config on the small digits lists, writing under `output`, with `-o` overrides."""
-    from ppcls_ext.config import load_config
-
-    return load_config(QUICK_START, [
+def quick_overrides(digits, output, *overrides):
+    """`-o` overrides that point the quick-start config at the small digits lists and write under `output`."""
+    return [
         f"Global.output_dir={output}/output",
         f"Global.save_inference_dir={output}/inference",
         f"DataLoader.Train.dataset.image_root={digits}",
@@ -56,7 +54,19 @@ def quick_config(digits, output, *overrides):
         f"Infer.PostProcess.class_id_map_file={digits}/label_list.txt",
         "Global.print_batch_step=4",
         *overrides,
-    ])
+    ]
+
+
+def quick_config(digits, output, *overrides):
+    """The quick-start config on the small digits lists, writing under `output`, with `-o` overrides."""
+    from ppcls_ext.config import load_config
+
+    return load_config(QUICK_START, quick_overrides(digits, output, *overrides))
+
+
+def quick_argv(digits, output, *overrides):
+    """The command line of a tool (`-c` quick-start config, `-o` ...) equivalent to `quick_config`."""
+    return ["-c", QUICK_START] + [arg for option in quick_overrides(digits, output, *overrides) for arg in ("-o", option)]
 
 
 @pytest.fixture
@@ -68,3 +78,38 @@ def engine_log(caplog):
     engine_logger.addHandler(caplog.handler)
     yield caplog
     engine_logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture(scope="session")
+def digits_weights(tmp_path_factory):
+    """A 10-class MicroNet_M0 .pdparams with random weights of a realistic scale (outputs differ per image)."""
+    import ppcls_ext
+    from ppcls_ext.weights import randomize_
+
+    paddle.seed(0)
+    model = ppcls_ext.create_model("MicroNet_M0", class_num=10)
+    randomize_(model.state_dict(), seed=3)
+    path = tmp_path_factory.mktemp("weights") / "m0_digits.pdparams"
+    paddle.save(model.state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_export(digits, digits_weights, tmp_path_factory):
+    """The quick-start config's export (tools/export_model.py) of `digits_weights`."""
+    from ppcls_ext.engine import Engine
+
+    output = tmp_path_factory.mktemp("digits_export")
+    return Engine(quick_config(digits, output, f"Global.pretrained_model={digits_weights}"), "export").export()
+
+
+def run_main(main, argv, capsys):
+    """(exit status, stdout, stderr) of an in-process CLI `main(argv)`, checking that it printed no
+    traceback (an exception escaping `main`, what a user would see as one, fails the test by itself)."""
+    from ppcls_ext.engine.log import init_logger
+
+    init_logger()  # log to this test's captured stdout, as a fresh process would log to its own
+    status = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err + out
+    return status, out, err

@@ -180,7 +180,8 @@ def test_export_round_trip_and_description(digits, tmp_path):
     assert description["Global"]["model_name"] == "MicroNet_M0" and description["PostProcess"]["Topk"]["topk"] == 3
     assert description["PostProcess"]["Topk"]["label_list"][7] == "seven"
     ops = description["PreProcess"]["transform_ops"]
-    assert [next(iter(op)) for op in ops] == ["NormalizeImage", "ToCHWImage"] and ops[0]["NormalizeImage"]["scale"] == pytest.approx(1 / 255)
+    assert [next(iter(op)) for op in ops] == ["ResizeImage", "NormalizeImage", "ToCHWImage"]
+    assert ops[1]["NormalizeImage"]["scale"] == pytest.approx(1 / 255)
     # the description reproduces the evaluation preprocessing; the exported model reproduces dygraph
     data = (sorted((digits / "images" / "val" / "2").iterdir())[0]).read_bytes()
     from_description = build_transforms([{"DecodeImage": {"to_rgb": True}}] + ops, "inference.yml")(data)

@@ -487,6 +487,64 @@ def test_truncated_jpeg_after_a_complete_embedded_thumbnail_is_rejected(noise):
             T.DecodeImage(backend=backend)(whole[:len(whole) // 2])
 
 
+@pytest.mark.parametrize("source", ["baseline", "grey", "cmyk"])
+def test_jpeg_cut_short_but_closed_by_an_end_marker_is_rejected(noise, source, capfd):
+    """libjpeg decodes such a file with only a warning on stderr ("premature end of data segment"),
+    filling the missing part with grey (128); the warning is turned into the error."""
+    image = {"baseline": Image.fromarray(noise), "grey": Image.fromarray(noise[..., 0]),
+             "cmyk": Image.fromarray(noise).convert("CMYK")}[source]
+    data = pil_bytes(image, "JPEG")
+    closed = data[:len(data) // 2] + b"\xff\xd9"
+    if source == "baseline":
+        grey = cv2.imdecode(np.frombuffer(closed, np.uint8), cv2.IMREAD_COLOR)
+        assert grey.shape == (120, 160, 3) and (grey[-8:] == 128).all()  # what OpenCV alone gives
+        assert "Corrupt JPEG data: premature end of data segment" in capfd.readouterr().err
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match=r"^cannot decode image: corrupt JPEG data \(\d+ bytes; libjpeg: Corrupt JPEG "
+                                             r"data: premature end of data segment\): part of the image would be made up$"):
+            T.DecodeImage(backend=backend)(closed)
+    assert "Corrupt JPEG" not in capfd.readouterr().err  # reported in the error, not also on stderr
+
+
+def test_jpeg_with_extraneous_bytes_before_its_end_decodes_and_libjpeg_warning_passes(noise, capfd):
+    data = cv2_bytes(noise, ".jpg")
+    padded = data[:-2] + b"12345" + data[-2:]
+    out_cv2, out_pil = decode_both(padded)
+    np.testing.assert_array_equal(out_cv2, plain_cv2(data))
+    np.testing.assert_array_equal(out_pil, T.DecodeImage(backend="pil")(data))
+    assert "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9" in capfd.readouterr().err
+
+
+def test_stderr_capture_hands_back_selected_lines_passes_the_rest_and_restores(capfd):
+    import os
+    import threading
+
+    from ppcls_ext.data.native_stderr import native_stderr
+
+    with native_stderr.capture(lambda line: line.startswith("libjpeg")) as kept:
+        os.write(2, b"libjpeg: one\nsomething else\nlibjpeg: two\n")
+    os.write(2, b"after\n")
+    assert kept == ["libjpeg: one", "libjpeg: two"] and capfd.readouterr().err == "something else\nafter\n"
+    data = pil_bytes(Image.fromarray(np.random.RandomState(5).randint(0, 256, (64, 64, 3)).astype(np.uint8)), "JPEG")
+    closed, outcomes = data[:len(data) // 2] + b"\xff\xd9", {}
+
+    def decode(index):  # concurrent decodes in threads: each gets its own outcome
+        try:
+            outcomes[index] = T.DecodeImage()(closed if index % 2 else data).shape
+        except ValueError as error:
+            outcomes[index] = str(error)
+
+    threads = [threading.Thread(target=decode, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(outcomes[i] == (64, 64, 3) for i in range(0, 8, 2))
+    assert all("premature end of data segment" in outcomes[i] for i in range(1, 8, 2))
+    os.write(2, b"still stderr\n")
+    assert capfd.readouterr().err == "still stderr\n"
+
+
 def test_jpeg_with_trailing_data_after_its_end_still_decodes(noise):
     data = pil_bytes(Image.fromarray(noise), "JPEG")
     trailer = b"\xff\xda" + np.random.RandomState(4).bytes(4000)  # a stray start-of-scan in the trailer

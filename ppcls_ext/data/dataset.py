@@ -4,14 +4,50 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
-from paddle.io import Dataset
+from paddle.io import Dataset, get_worker_info
 
 from ..config import ConfigError
 
 logger = logging.getLogger("ppcls_ext")
+
+#: training gives up after this many unreadable images in a row (each replaced by a random other one)
+MAX_UNREADABLE_IN_A_ROW = 10
+
+
+class DataError(ValueError):
+    """Image data that stops a run: an unreadable image in evaluation (which counts every image), or a
+    training set whose images keep failing to load. The message names the label file, line and image."""
+
+
+class FailedSample(NamedTuple):
+    """What a dataset returns instead of raising DataError inside a DataLoader worker process: Paddle's
+    DataLoader does not pass a worker's exception on (its reader thread dies and the main process hangs
+    or gets "Blocking queue is killed"), so the loader carries the message to the main process and
+    raises it there (see loader.py)."""
+
+    message: str
+
+
+def parse_label(text: str) -> Optional[int]:
+    """A class id written in ASCII digits, else None: Python's int() also reads other scripts' digits
+    ('٣', full-width '３') and str.isdigit() also accepts superscripts ('²'), which int() rejects."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def text_lines(path: str) -> Iterator[Tuple[int, str]]:
+    """(line number, text) of a UTF-8 text file, a byte-order mark (as Windows editors write) dropped; a
+    line that is not UTF-8 is a ConfigError naming it."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise ConfigError(f"{path}, line {number}: not UTF-8 text (byte {raw[error.start]:#04x} at column "
+                                  f"{error.start + 1}); save the file as UTF-8") from error
+            yield number, line
 
 
 def read_label_file(label_path: str, image_root: str, delimiter: Optional[str] = None) -> Tuple[List[str], List[int], List[int]]:
@@ -19,27 +55,30 @@ def read_label_file(label_path: str, image_root: str, delimiter: Optional[str] =
     that every image exists and every label is a non-negative integer. Errors name the file and line."""
     if not os.path.isdir(image_root):
         raise ConfigError(f"image_root does not exist or is not a directory: {image_root}")
+    if os.path.isdir(label_path):
+        raise ConfigError(f"label file {label_path} is a directory")
     if not os.path.isfile(label_path):
         raise ConfigError(f"label file not found: {label_path}")
     paths, labels, lines = [], [], []
-    with open(label_path, "r", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(delimiter, 1) if delimiter else line.rsplit(None, 1)
-            where = f"{label_path}, line {number}"
-            if len(parts) != 2:
-                raise ConfigError(f"{where}: expected '<image path> <label>', got {line!r}")
-            path, label = parts[0].strip(), parts[1].strip()
-            if not label.lstrip("-").isdigit() or int(label) < 0:
-                raise ConfigError(f"{where}: label must be a non-negative integer, got {label!r}")
-            full = os.path.join(image_root, path)
-            if not os.path.isfile(full):
-                raise ConfigError(f"{where}: image not found: {full}")
-            paths.append(full)
-            labels.append(int(label))
-            lines.append(number)
+    for number, line in text_lines(label_path):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.rsplit(delimiter, 1) if delimiter else line.rsplit(None, 1)
+        where = f"{label_path}, line {number}"
+        if len(parts) != 2:
+            raise ConfigError(f"{where}: expected '<image path> <label>', got {line!r}")
+        path, text = parts[0].strip(), parts[1].strip()
+        label = parse_label(text)
+        if label is None:
+            hint = " (only the ASCII digits 0-9 are read)" if not text.isascii() else ""
+            raise ConfigError(f"{where}: label must be a non-negative integer, got {text!r}{hint}")
+        full = os.path.join(image_root, path)
+        if not os.path.isfile(full):
+            raise ConfigError(f"{where}: image not found: {full}")
+        paths.append(full)
+        labels.append(label)
+        lines.append(number)
     if not paths:
         raise ConfigError(f"{label_path} lists no images")
     return paths, labels, lines
@@ -57,7 +96,9 @@ class ImageNetDataset(Dataset):
     """PaddleClas's ImageNetDataset: yields (transformed image, label).
 
     A file that cannot be read or decoded is skipped in training (logged, another random sample is
-    returned, as PaddleClas does); with `skip_broken=False` (evaluation) it raises, naming the file.
+    returned, as PaddleClas does) unless MAX_UNREADABLE_IN_A_ROW fail in a row; with `skip_broken=False`
+    (evaluation) it is a DataError naming the file. In a DataLoader worker a DataError is returned as a
+    FailedSample instead of raised (see FailedSample).
     """
 
     def __init__(
@@ -97,15 +138,27 @@ class ImageNetDataset(Dataset):
         return to_chw(image)
 
     def __getitem__(self, index: int):
-        for _ in range(10):
+        try:
+            return self.sample(index)
+        except DataError as error:
+            if get_worker_info() is None:
+                raise
+            return FailedSample(str(error))
+
+    def sample(self, index: int):
+        """(image, label) at `index`, or in training, when it is unreadable, at a random other index."""
+        for _ in range(MAX_UNREADABLE_IN_A_ROW):
             try:
                 return self.load(index), np.int64(self.labels[index])
             except ValueError as error:
+                failure = f"(line {self.line_numbers[index]}) {error}"
                 if not self.skip_broken:
-                    raise
-                logger.warning("skipping unreadable training image %s", error)
+                    raise DataError(f"{self.label_path}, line {self.line_numbers[index]}: unreadable image {error} "
+                                    "(evaluation does not skip images: fix the file or remove the line)") from error
+                logger.warning("skipping unreadable training image %s", failure)
                 index = random.randrange(len(self))
-        raise RuntimeError(f"{self.label_path}: 10 unreadable images in a row; check the dataset")
+        raise DataError(f"{self.label_path}: {MAX_UNREADABLE_IN_A_ROW} unreadable training images in a row, the last "
+                        f"{failure}; check the images and DataLoader.Train.dataset.image_root")
 
 
 class IndexedDataset(Dataset):
@@ -119,4 +172,5 @@ class IndexedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        return (*self.dataset[index], np.int64(index))
+        sample = self.dataset[index]
+        return sample if isinstance(sample, FailedSample) else (*sample, np.int64(index))

@@ -28,7 +28,12 @@ Conversions, the same for both backends:
 
 Files are rejected when they are empty, not a recognised image format, over the pixel limit, or cut
 short (a JPEG with no end-of-image marker after its scans, a PNG whose pixel data is incomplete): OpenCV
-would return the missing part of a truncated JPEG as grey, which this refuses.
+would return the missing part of a truncated JPEG as grey, which this refuses. A JPEG whose scan data
+libjpeg finds corrupt or incomplete although the file ends properly (a download cut short and closed
+with an end marker, damaged data) is rejected too: libjpeg only warns on stderr ("Corrupt JPEG data:
+premature end of data segment") and makes up the rest (grey); that warning is read from stderr
+(`native_stderr`) and turned into the error. Its harmless warnings (extraneous bytes before a marker)
+still pass. libjpeg prints only the first warning of a decode, so a harmless one can hide a later one.
 
 The pixel limit is `max_pixels` (default 2**28). Where Pillow reads the header (every file but a JPEG
 that OpenCV decodes), Pillow's own decompression-bomb guard (2 x PIL.Image.MAX_IMAGE_PIXELS, 178956970
@@ -45,6 +50,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from .native_stderr import native_stderr
+
 DEFAULT_MAX_PIXELS = 2 ** 28
 BACKENDS = ("cv2", "pil")
 
@@ -55,6 +62,11 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})  # Pillow calls a JPEG with MPF (multi-picture) data "MPO"
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)  # what Pillow raises on bad data
 _PILLOW_LIMIT = "Pillow's own limit, 2 x PIL.Image.MAX_IMAGE_PIXELS"
+
+# libjpeg's warnings (jerror.h) after which part of the image was made up rather than decoded
+_CORRUPT_JPEG_WARNINGS = ("Corrupt JPEG data: premature end of data segment", "Corrupt JPEG data: bad Huffman code",
+                          "Corrupt JPEG data: bad arithmetic code", "Corrupt JPEG data: found marker",
+                          "Premature end of JPEG file", "Inconsistent progression sequence")
 
 _START_OF_IMAGE = b"\xff\xd8"
 _END_OF_IMAGE = b"\xff\xd9"
@@ -94,7 +106,7 @@ def _decode_with_opencv(data: bytes, max_pixels: int) -> Optional[np.ndarray]:
         if frame.components not in (1, 3) or not frame.complete:
             return None  # CMYK or YCCK; or cut short, where OpenCV would fill the missing part with grey
         check_pixel_count("JPEG", frame.width, frame.height, max_pixels)
-        return _imdecode(data)
+        return imdecode_jpeg(data)
     with open_header(data) as header:
         check_pixel_count(header.format, *header.size, max_pixels)
         return _imdecode(data) if _opencv_decodes_correctly(header) else None
@@ -104,6 +116,8 @@ def _decode_with_pil(data: bytes, max_pixels: int) -> np.ndarray:
     """Pillow's decode as HxWx3 uint8 RGB, upright; the pixel count is checked before decoding."""
     with open_header(data) as image:
         check_pixel_count(image.format, *image.size, max_pixels)
+        if image.format in _JPEG_FORMATS:
+            imdecode_jpeg(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)  # Pillow decodes corrupt scan data silently
         _load_upright(image)
         return _as_rgb(image)
 
@@ -173,6 +187,17 @@ def _opencv_decodes_correctly(header: Image.Image) -> bool:
 def _imdecode(data: bytes) -> Optional[np.ndarray]:
     """OpenCV's BGR decode (EXIF orientation applied), or None where OpenCV cannot read the file."""
     return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+
+
+def imdecode_jpeg(data: bytes, flags: int = cv2.IMREAD_COLOR) -> Optional[np.ndarray]:
+    """cv2.imdecode of a JPEG, rejecting one for which libjpeg reports corrupt or missing scan data (it
+    only warns on stderr and makes the missing part up); None where OpenCV cannot read the file."""
+    with native_stderr.capture(lambda line: line.startswith(_CORRUPT_JPEG_WARNINGS)) as warnings:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if warnings:
+        raise ValueError(f"cannot decode image: corrupt JPEG data ({len(data)} bytes; libjpeg: {warnings[0]}): "
+                         "part of the image would be made up")
+    return image
 
 
 def _load_upright(image: Image.Image) -> None:

@@ -7,12 +7,12 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import paddle
-from paddle.io import DataLoader, DistributedBatchSampler
+from paddle.io import DataLoader, DistributedBatchSampler, get_worker_info
 from paddle.io.dataloader.collate import default_collate_fn
 
-from ..config import ConfigError, build_from_registry, section
+from ..config import ConfigError, build_from_registry, check_values, integer, section
 from .batch_ops import build_batch_ops
-from .dataset import ImageNetDataset, IndexedDataset
+from .dataset import DataError, FailedSample, ImageNetDataset, IndexedDataset
 from .transforms import build_transforms
 
 DATASETS = {"ImageNetDataset": ImageNetDataset}
@@ -42,14 +42,47 @@ class WorkerSeeder:
         np.random.seed(seed)
 
 
-class _Collate:
-    """Applies the batch operators (mixup, cutmix) to the list of samples, then stacks them."""
+_DATA_ERROR = "data_error"  # the key of a batch that carries a worker's DataError message (see FailedSample)
 
-    def __init__(self, batch_ops):
+
+class _Collate:
+    """Applies the batch operators (mixup, cutmix) to the list of samples, then stacks them. A batch that
+    cannot be built (a FailedSample in it, images of different sizes) is a DataError; in a DataLoader
+    worker it becomes {"data_error": the message as UTF-8 bytes}, which WorkerLoader raises."""
+
+    def __init__(self, batch_ops, where: str = "DataLoader"):
         self.batch_ops = batch_ops
+        self.where = where
 
     def __call__(self, samples):
-        return default_collate_fn(self.batch_ops(samples) if self.batch_ops else samples)
+        message = self._problem(samples)
+        if message is None:
+            return default_collate_fn(self.batch_ops(samples) if self.batch_ops else samples)
+        if get_worker_info() is None:
+            raise DataError(message)
+        return {_DATA_ERROR: np.frombuffer(message.encode("utf-8"), dtype=np.uint8)}
+
+    def _problem(self, samples) -> Optional[str]:
+        failed = next((sample for sample in samples if isinstance(sample, FailedSample)), None)
+        if failed is not None:
+            return failed.message
+        shapes = sorted({tuple(np.shape(sample[0])) for sample in samples})
+        if len(shapes) > 1:
+            return (f"{self.where}.dataset.transform_ops give images of different sizes in one batch "
+                    f"({', '.join('x'.join(map(str, shape)) for shape in shapes[:4])}): end them with a fixed-size op "
+                    "such as ResizeImage (size) or CropImage")
+        return None
+
+
+class WorkerLoader(DataLoader):
+    """Paddle's multi-process DataLoader, raising in the main process the DataError that a worker
+    returned as a FailedSample batch."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, dict) and _DATA_ERROR in batch:
+                raise DataError(bytes(batch[_DATA_ERROR].numpy()).decode("utf-8"))
+            yield batch
 
 
 class InlineLoader:
@@ -113,32 +146,24 @@ def build_dataloader(
     unknown = set(loader_cfg) - LOADER_KEYS
     if unknown:
         raise ConfigError(f"{where}.loader: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(LOADER_KEYS))}")
-    num_workers = _count(loader_cfg, "num_workers", 0, 0, where)
-    prefetch_factor = _count(loader_cfg, "prefetch_factor", 2, 1, where)
+    check_values(loader_cfg, {"num_workers": integer(0), "prefetch_factor": integer(1)}, f"{where}.loader")
+    num_workers = loader_cfg.get("num_workers", 0)
     if num_workers == 0:
         if mode == "Train" and paddle.device.get_device().startswith("gpu"):
             logger.warning("%s.loader.num_workers is 0: batches are decoded in the training process and copied to the "
                            "GPU without prefetching; set num_workers (e.g. 8) to keep the GPU busy", where)
-        return InlineLoader(source, sampler, _Collate(batch_ops))
+        return InlineLoader(source, sampler, _Collate(batch_ops, where))
     # on a GPU, paddle.io's buffered reader (use_buffer_reader, on by default) stages `prefetch_factor`
     # batches per device in pinned memory (paddle.io's default in dygraph) and copies them asynchronously
-    return DataLoader(
+    return WorkerLoader(
         source,
         batch_sampler=sampler,
         num_workers=num_workers,
         use_shared_memory=bool(loader_cfg.get("use_shared_memory", True)),
-        prefetch_factor=prefetch_factor,
-        collate_fn=_Collate(batch_ops),
+        prefetch_factor=loader_cfg.get("prefetch_factor", 2),
+        collate_fn=_Collate(batch_ops, where),
         worker_init_fn=seeder,
     )
-
-
-def _count(loader_cfg: Mapping[str, Any], key: str, default: int, minimum: int, where: str) -> int:
-    """An integer loader option, at least `minimum`."""
-    value = loader_cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where}.loader.{key} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def train_pipeline(loader):

@@ -15,10 +15,11 @@ import paddle
 import paddle.distributed as dist
 
 from .. import cpu_env, registry
-from ..config import ConfigError, section
+from ..config import ConfigError, boolean, check_sections, check_values, int_list, integer, number, section
 from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
+from ..output_paths import ensure_directory
 from ..weights import load_pretrained, load_weights
 from .checkpoint import (cast_to_model_dtypes, load_checkpoint, portable_optimizer_state, recover_checkpoints,
                          restore_optimizer_state, save_checkpoint)
@@ -41,6 +42,26 @@ GLOBAL_KEYS = {"checkpoints", "pretrained_model", "output_dir", "device", "seed"
 # PaddleClas keys accepted in upstream configs but without effect here (logged)
 IGNORED_GLOBAL_KEYS = {"to_static": "dygraph training is used", "use_dali": "DALI is not supported; paddle.io is used",
                        "use_multilabel": "multi-label training is not supported", "profiler_options": "no profiler"}
+# the values of numeric and boolean keys, checked at start-up in every mode (a string such as 'flase' is
+# not taken as true, 0 epochs is not a run that silently does nothing)
+GLOBAL_VALUES = {"epochs": integer(1), "eval_interval": integer(1), "print_batch_step": integer(1),
+                 "update_freq": integer(1), "save_interval": integer(),  # <= 0: no epoch_N checkpoints, as in PaddleClas
+                 "seed": integer(0, 2**31 - 1, optional=True), "image_shape": int_list(3),
+                 "eval_during_train": boolean, "use_visualdl": boolean, "infer_add_softmax": boolean,
+                 "export_deploy_form": boolean, "nonfinite_loss_patience": integer(1, optional=True)}
+# numeric values of the training sections, by section path (a string would fail mid-run, or inside Paddle)
+TRAINING_VALUES = {"Optimizer": {"momentum": number(0), "weight_decay": number(0, optional=True),
+                                 "clip_norm": number(0, optional=True)},
+                   "Optimizer.lr": {"learning_rate": number(0), "warmup_epoch": number(0), "warmup_start_lr": number(0),
+                                    "eta_min": number(0), "gamma": number(0), "step_size": number(0)},
+                   "Optimizer.regularizer": {"coeff": number(0)}, "EMA": {"decay": number(0, 1)}}
+SECTIONS = ("Global", "Arch", "Loss", "Optimizer", "DataLoader", "Infer", "Metric", "EMA", "AMP")
+# PaddleClas sections for features this package does not have (logged)
+IGNORED_SECTIONS = {"Slim": "quantization and pruning (PaddleSlim) are not supported",
+                    "SSL": "semi-supervised training is not supported", "UnLabelLoss": "semi-supervised training is not supported",
+                    "MLDecoder": "the ML-Decoder head is not supported",
+                    "Hpi": "high-performance inference settings belong to PaddleClas's deploy tools"}
+_RANDOM_WEIGHTS_VERB = {"eval": "evaluating", "infer": "classifying with", "export": "exporting"}
 
 
 def build_model(arch: Dict[str, Any]) -> paddle.nn.Layer:
@@ -93,10 +114,12 @@ class Engine:
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         arch = section(config, "Arch")
         self.model_name = section(arch, "name")
+        check_values(arch, {"class_num": integer(1)}, "Arch")
         self.class_num = int(arch.get("class_num", 1000))
         self.output_dir = os.path.join(self.glob.get("output_dir", "./output"), self.model_name)
+        ensure_directory(self.output_dir, "Global.output_dir")
         init_logger(os.path.join(self.output_dir, f"{mode}.log"), self.rank)
-        self._check_global_keys()
+        self._check_config()
         self.device = _set_device(self.glob.get("device", "cpu"))
         if self.device == "cpu":
             for note in cpu_env.APPLIED:
@@ -110,8 +133,11 @@ class Engine:
                 self.model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             else:
                 logger.warning("Arch.use_sync_bn needs GPUs; ignored on CPU")
-        if self.glob.get("pretrained_model"):
-            load_pretrained(self.model, self.glob["pretrained_model"])
+        if self.glob.get("pretrained_model"):  # only training may replace a classifier of another class count
+            load_pretrained(self.model, self.glob["pretrained_model"], allow_classifier_mismatch=mode == "train")
+        elif mode != "train" and not arch.get("pretrained"):
+            logger.warning("Global.pretrained_model is not set: %s a randomly initialised model (its outputs mean "
+                           "nothing); give -o Global.pretrained_model=PATH", _RANDOM_WEIGHTS_VERB[mode])
         self.print_step = max(1, int(self.glob.get("print_batch_step", 10)))
         self.seeder = WorkerSeeder(self.glob.get("seed"), self.rank)
         self.eval_loader = None
@@ -124,6 +150,18 @@ class Engine:
         self.net = paddle.DataParallel(self.model) if self.world_size > 1 and mode in ("train", "eval") else self.model
 
     # --- set-up -------------------------------------------------------------------------------------
+
+    def _check_config(self) -> None:
+        """Sections, Global keys and values, Infer.batch_size; in export mode, that the export can be written."""
+        check_sections(self.config, SECTIONS, IGNORED_SECTIONS)
+        self._check_global_keys()
+        check_values(self.glob, GLOBAL_VALUES, "Global")
+        check_values(self.config.get("Infer") or {}, {"batch_size": integer(1)}, "Infer")
+        for path, checks in TRAINING_VALUES.items():
+            check_values(section(self.config, path, required=False), checks, path)
+        if self.mode == "export":
+            ensure_directory(os.path.dirname(os.path.abspath(self.glob.get("save_inference_dir", "./inference"))),
+                             "Global.save_inference_dir")
 
     def _check_global_keys(self) -> None:
         for key, value in self.glob.items():
@@ -207,12 +245,8 @@ class Engine:
     def _nonfinite_patience(self) -> int:
         """`Global.nonfinite_loss_patience`: how many consecutive iterations with a NaN/Inf loss stop training;
         1 by default, 10 under AMP (whose loss scaler skips the steps of batches that overflow)."""
-        value = self.glob.get("nonfinite_loss_patience")
-        if value is None:
-            return 10 if self.amp_level else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"Global.nonfinite_loss_patience must be a positive integer, got {value!r}")
-        return value
+        value = self.glob.get("nonfinite_loss_patience")  # checked at start-up (GLOBAL_VALUES)
+        return (10 if self.amp_level else 1) if value is None else value
 
     def _recover_checkpoints(self, directory: str) -> None:
         """Finish or delete the checkpoint saves a killed run left in `directory` (rank 0; the others wait)."""
@@ -297,7 +331,8 @@ class Engine:
                     self.best_ema = ema_eval["top1"]
                     self._save("best_model_ema", epoch, with_training_state=False, weights=self.ema.state_dict())
                 logger.info("[Eval(EMA)][Epoch %d][best metric: %.5f]", epoch, self.best_ema)
-        if epoch % max(1, int(self.glob.get("save_interval", 1))) == 0:
+        save_interval = int(self.glob.get("save_interval", 1))
+        if save_interval > 0 and epoch % save_interval == 0:
             self._save(f"epoch_{epoch}", epoch)
         self._save("latest", epoch)
         self.history.append(record)
@@ -518,7 +553,13 @@ class Engine:
         name = post.pop("name", "Topk")
         if name != "Topk":
             raise ConfigError(f"Infer.PostProcess.name: unknown post-process {name!r}; valid: Topk")
-        return Topk(int(post.get("topk", 5)), post.get("class_id_map_file", "ppcls/utils/imagenet1k_label_list.txt"))
+        topk = Topk(post.get("topk", 5), post.get("class_id_map_file", "ppcls/utils/imagenet1k_label_list.txt"))
+        named = set(topk.label_names or ())
+        if named and named != set(range(self.class_num)):
+            logger.warning("Infer.PostProcess.class_id_map_file names %d classes (ids %d-%d), the model has %d "
+                           "(Arch.class_num): is it this model's label list?", len(named), min(named), max(named),
+                           self.class_num)
+        return topk
 
     def infer(self, json_path: Optional[str] = None) -> List[dict]:
         """tools/infer.py: classify `Infer.infer_imgs` (a file, a folder or a list); prints PaddleClas's

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..config import ConfigError
+from ..data.dataset import parse_label, text_lines
 
 IMAGENET_LABELS = "ppcls/utils/imagenet1k_label_list.txt"
 
@@ -27,17 +28,20 @@ def resolve_label_file(path: Optional[str]) -> Optional[str]:
 
 
 def read_label_names(path: str) -> Dict[int, str]:
-    """`<id> <name...>` lines -> {id: name}."""
-    names = {}
-    with open(path, "r", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(None, 1)
-            if not parts[0].isdigit():
-                raise ConfigError(f"{path}, line {number}: expected '<class id> <name>', got {line!r}")
-            names[int(parts[0])] = parts[1] if len(parts) > 1 else parts[0]
+    """`<id> <name...>` lines -> {id: name}; errors name the line (an id not in ASCII digits, an id given
+    twice, text that is not UTF-8)."""
+    names: Dict[int, str] = {}
+    for number, line in text_lines(path):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split(None, 1)
+        class_id = parse_label(parts[0])
+        if class_id is None:
+            raise ConfigError(f"{path}, line {number}: expected '<class id> <name>' with the id in ASCII digits, got {line!r}")
+        if class_id in names:
+            raise ConfigError(f"{path}, line {number}: class id {class_id} is named twice ({names[class_id]!r}, {parts[-1]!r})")
+        names[class_id] = parts[1] if len(parts) > 1 else parts[0]
     return names
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable, Iterator, List, Sequence, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Sequence, Union
 
 import numpy as np
 import paddle
@@ -23,6 +23,8 @@ def collect_images(source: Union[str, Sequence[str]]) -> List[str]:
     paths = [source] if isinstance(source, str) else list(source)
     images: List[str] = []
     for path in paths:
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"Infer.infer_imgs: expected an image or folder path (or a list of them), got {path!r}")
         if os.path.isdir(path):
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -46,24 +48,33 @@ def classify_files(run_batch: Callable[[np.ndarray], np.ndarray], files: Sequenc
                    transform: Callable[[bytes], np.ndarray], postprocess: Topk, batch_size: int = 10) -> Iterable[dict]:
     """One result per file, in order: PaddleClas's {class_ids, scores, file_name, label_names}, or
     {file_name, error} for a file that cannot be read or decoded (the others still get results).
-    `run_batch` maps a preprocessed NCHW batch to class probabilities."""
+    `run_batch` maps a preprocessed NCHW batch to class probabilities; images of different sizes (no
+    resize in `transform`) are batched by size."""
     for chunk in _batches(files, max(1, batch_size)):
-        images, good, errors = [], [], {}
+        images, errors = {}, {}
         for path in chunk:
             try:
                 with open(path, "rb") as f:
                     data = f.read()
                 if not data:
                     raise ValueError("the file is empty")
-                images.append(transform(data))
-                good.append(path)
+                images[path] = transform(data)
             except Exception as error:  # any decode/transform failure is reported for that file only
                 errors[path] = f"{type(error).__name__}: {error}"
         results = {}
-        if images:
-            results = {r["file_name"]: r for r in postprocess(run_batch(np.stack(images)), good)}
+        for paths in _same_shape_groups(images):
+            batch = np.stack([images[path] for path in paths])
+            results.update((r["file_name"], r) for r in postprocess(run_batch(batch), paths))
         for path in chunk:
             yield results.get(path) or {"file_name": path, "error": errors[path]}
+
+
+def _same_shape_groups(images: Mapping[str, np.ndarray]) -> List[List[str]]:
+    """The keys of `images` grouped by array shape, in order of first appearance."""
+    groups: Dict[tuple, List[str]] = {}
+    for path, image in images.items():
+        groups.setdefault(image.shape, []).append(path)
+    return list(groups.values())
 
 
 def dygraph_runner(model: paddle.nn.Layer) -> Callable[[np.ndarray], np.ndarray]:

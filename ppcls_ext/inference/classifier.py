@@ -26,16 +26,40 @@ logger = logging.getLogger("ppcls_ext")
 DESCRIPTION_FILE = "inference.yml"
 
 
+class ExportError(ValueError):
+    """An export that cannot be loaded (a file cut short, overwritten or not an export); the message
+    names the folder and quotes the backend's error."""
+
+
 def read_description(model_dir: str) -> Optional[Dict[str, Any]]:
     """The export's inference.yml (preprocessing, top-k, labels), or None for exports without one."""
+    if not os.path.isdir(model_dir):
+        raise ConfigError(f"{model_dir} holds no Paddle inference model: "
+                          f"{'not a directory' if os.path.exists(model_dir) else 'no such directory'}")
     path = os.path.join(model_dir, DESCRIPTION_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path, "r", encoding="utf-8") as f:
-        description = yaml.safe_load(f)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            description = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ExportError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
     if not isinstance(description, dict) or "PreProcess" not in description:
         raise ConfigError(f"{path} is not an export description (no PreProcess section)")
     return description
+
+
+def load_predictor(model_dir: str, options: InferenceOptions, image_shape: Sequence[int], batch_size: int):
+    """`create_predictor`, with a file that the backend cannot read reported as an ExportError naming the
+    folder (Paddle Inference and ONNX Runtime raise RuntimeError, ValueError or their own types)."""
+    try:
+        return create_predictor(model_dir, options, image_shape, batch_size)
+    except (DeploymentError, ConfigError):
+        raise
+    except Exception as error:  # the backends' own types; the first line says what they found
+        first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ExportError(f"{model_dir}: the exported model cannot be loaded; a file is damaged, cut short or not "
+                          f"from tools/export_model.py ({type(error).__name__}: {first_line})") from error
 
 
 def median_latency(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, warmup: int = 3, repeats: int = 10) -> float:
@@ -115,7 +139,7 @@ class DeployedClassifier:
         self.postprocess = Topk(int(topk or top.get("topk", 5)), class_id_map_file,
                                 label_names=None if class_id_map_file else top.get("label_list"))
         self.image_shape = tuple(glob.get("image_shape") or (3, 224, 224))
-        self.predictor = create_predictor(model_dir, self.options, self.image_shape, self.batch_size)
+        self.predictor = load_predictor(model_dir, self.options, self.image_shape, self.batch_size)
 
     @staticmethod
     def _preprocessing(description: Optional[Dict[str, Any]], configured: Optional[List[Any]]) -> List[Any]:

@@ -4,14 +4,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
-from ..cli import USER_ERRORS
-from ..config import load_config, section
+from ..cli import USER_ERRORS, error_line, report_failures
+from ..config import boolean, check_sections, check_values, closest, integer, load_config, section
 from ..engine.predict import collect_images
-from .classifier import DeployedClassifier
+from ..output_paths import check_writable_file
+from .classifier import DeployedClassifier, ExportError
 from .options import DeploymentError, options_from_config
+
+logger = logging.getLogger("ppcls_ext")
+
+SECTIONS = ("Global", "PreProcess", "PostProcess")
+# Global keys of PaddleClas's deploy configs and ours, with checks of their values
+GLOBAL_VALUES = {"batch_size": integer(1), "cpu_num_threads": integer(1, optional=True), "gpu_mem": integer(1),
+                 "gpu_id": integer(0), "use_gpu": boolean, "enable_mkldnn": boolean, "use_fp16": boolean,
+                 "use_int8": boolean, "use_tensorrt": boolean, "ir_optim": boolean, "use_onnx": boolean,
+                 "enable_benchmark": boolean, "enable_profile": boolean}
+GLOBAL_KEYS = set(GLOBAL_VALUES) | {"infer_imgs", "inference_model_dir", "backend", "tensorrt", "model_name",
+                                    "save_log_path", "benchmark", "use_npu", "use_xpu", "use_mlu"}
+
+
+def check_deploy_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The `Global` section of a deploy config, after checking sections, keys (unknown ones logged)
+    and values."""
+    check_sections(config, SECTIONS, where="the deploy config")
+    glob = section(config, "Global")
+    for key in glob:
+        if key not in GLOBAL_KEYS:
+            near = closest(key, GLOBAL_KEYS, cutoff=0.75)
+            logger.warning("Global.%s is not a known key%s; it has no effect", key, f" (did you mean {near}?)" if near else "")
+    check_values(glob, GLOBAL_VALUES, "Global")
+    return glob
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -21,11 +47,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-' prints JSON only)")
     args = parser.parse_args(argv)
     try:
+        if args.json not in (None, "-"):
+            check_writable_file(args.json, "--json")
         config = load_config(args.config, args.override)
-        glob = section(config, "Global")
+        glob = check_deploy_config(config)
         topk = (config.get("PostProcess") or {}).get("Topk") or {}
         classifier = DeployedClassifier(
-            section(glob, "inference_model_dir"), options_from_config(glob), batch_size=int(glob.get("batch_size", 1)),
+            section(glob, "inference_model_dir"), options_from_config(glob), batch_size=glob.get("batch_size", 1),
             topk=topk.get("topk"), class_id_map_file=topk.get("class_id_map_file"),
             preprocess=(config.get("PreProcess") or {}).get("transform_ops"))
         files = collect_images(section(glob, "infer_imgs"))
@@ -34,12 +62,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             results.append(result)
             if args.json != "-":
                 print(result, flush=True)
-    except USER_ERRORS + (DeploymentError,) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except USER_ERRORS + (DeploymentError, ExportError) as error:
+        print(f"error: {error_line(error)}", file=sys.stderr)
         return 2
     if args.json == "-":
         print(json.dumps(results, ensure_ascii=False, indent=2))
     elif args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, ensure_ascii=False, indent=2)
-    return 0
+    return report_failures(results)

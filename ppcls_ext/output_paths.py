@@ -1,0 +1,33 @@
+"""Output paths checked before any work is done, so that a run that could not write its results fails at
+its start with one line naming the path, not at its end with a traceback."""
+from __future__ import annotations
+
+import os
+
+from .config import ConfigError
+
+
+def check_writable_file(path: str, what: str) -> None:
+    """`path` can be written as a file: it is not a folder and its folder exists and takes a new file
+    (tried by creating and removing one, which also covers read-only file systems)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{what} {path}: is a directory, expected a file path")
+    try:
+        if os.path.exists(path):
+            with open(path, "a", encoding="utf-8"):
+                pass
+        else:
+            with open(path, "x", encoding="utf-8"):
+                pass
+            os.remove(path)
+    except OSError as error:
+        raise ConfigError(f"{what} {path}: cannot write there ({error.strerror})") from error
+
+
+def ensure_directory(path: str, what: str) -> None:
+    """Create the folder `path` (and its parents) unless it exists, as a ConfigError naming `what` when
+    that is impossible (a file in the way, no permission)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{what}: cannot create directory {path} ({error.strerror})") from error
