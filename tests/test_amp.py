@@ -165,5 +165,5 @@ def test_nonfinite_loss_patience(gpu_amp, digits, tmp_path):
     assert Engine(quick_config(digits, tmp_path, "AMP.level=O1"), "train").loss_watch.patience == 10
     assert Engine(quick_config(digits, tmp_path), "train").loss_watch.patience == 1
     assert Engine(quick_config(digits, tmp_path, "Global.nonfinite_loss_patience=3"), "train").loss_watch.patience == 3
-    with pytest.raises(ConfigError, match=r"Global.nonfinite_loss_patience must be a positive integer, got 0"):
+    with pytest.raises(ConfigError, match=r"Global.nonfinite_loss_patience must be an integer >= 1 or null, got 0"):
         Engine(quick_config(digits, tmp_path, "Global.nonfinite_loss_patience=0"), "train")
