@@ -3,6 +3,7 @@ deploy/python/predict_cls.py): each case checks the exit status, that no traceba
 words of the message. Decoding of single files is tested in test_image_decoding.py."""
 import ast
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -139,6 +140,7 @@ def test_unreadable_image_in_evaluation_is_one_line_naming_file_and_line(digits,
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: {labels}, line 6: unreadable image {images}/half_grey.jpg: cannot decode image: corrupt JPEG")
     assert "evaluation does not skip images" in err
+    assert multiprocessing.active_children() == []  # the loader's workers stopped with the error
 
 
 def test_eval_images_of_different_sizes_without_resize_are_a_clear_error(digits, tmp_path, digits_weights, images, capsys):

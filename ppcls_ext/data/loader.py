@@ -79,10 +79,25 @@ class WorkerLoader(DataLoader):
     returned as a FailedSample batch."""
 
     def __iter__(self):
-        for batch in super().__iter__():
-            if isinstance(batch, dict) and _DATA_ERROR in batch:
-                raise DataError(bytes(batch[_DATA_ERROR].numpy()).decode("utf-8"))
-            yield batch
+        batches = super().__iter__()
+        try:
+            for batch in batches:
+                if isinstance(batch, dict) and _DATA_ERROR in batch:
+                    raise DataError(bytes(batch[_DATA_ERROR].numpy()).decode("utf-8"))
+                yield batch
+        except DataError:
+            _stop_workers(batches)
+            raise
+
+
+def _stop_workers(batches) -> None:
+    """Stop the worker processes of a multi-process iterator left mid-epoch. Its reader thread holds a
+    reference to it, so it is never collected before the process exits, and paddle.io has no public
+    way to close it: this calls `_DataLoaderIterMultiProcess._try_shutdown_all` (paddle/io/dataloader/
+    dataloader_iter.py, Paddle 3.3.1), which its `__del__` calls (tested: no worker outlives the error)."""
+    shutdown = getattr(batches, "_try_shutdown_all", None)
+    if shutdown is not None:
+        shutdown()
 
 
 class InlineLoader:
