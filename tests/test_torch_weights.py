@@ -254,8 +254,11 @@ def from_timm_native(digits, tmp_path_factory):
     (its output folder, its engine)."""
     root = tmp_path_factory.mktemp("from_timm_native")
     source = source_file("timm_efficientnet_b0", root)
+    few = root / "train_64.txt"  # two batches: what is checked is what the files record, not what is learnt
+    few.write_text("".join((digits / "train_small.txt").read_text().splitlines(keepends=True)[:64]))
     engine = Engine(quick_config(digits, root, "Arch.name=EfficientNetB0", f"Global.pretrained_model={source}",
-                                 "Global.epochs=1", "Optimizer.lr.learning_rate=0.01", "EMA.decay=0.9"), "train")
+                                 f"DataLoader.Train.dataset.cls_label_path={few}", "Global.epochs=1",
+                                 "Optimizer.lr.learning_rate=0.01", "EMA.decay=0.9"), "train")
     engine.train()
     return root / "output" / "EfficientNetB0", engine
 
@@ -323,7 +326,9 @@ def paddleclas_loaders():
 @pytest.mark.slow
 def test_paddleclas_loaders_read_our_files_that_record_numerics(from_timm_native):
     """`.pdparams`, `.pdema` and `.pdstates` carry the record (a dict, not a tensor): PaddleClas's
-    load_dygraph_pretrain and init_model (wheel and ../shared/upstream/PaddleClas) load them as before."""
+    load_dygraph_pretrain and init_model (wheel and ../shared/upstream/PaddleClas) load them as before (into
+    models built with the numerics: they do not read the record), and its build_model with Arch.pretrained
+    builds with them."""
     out, trained = from_timm_native
     record = {"padding": "symmetric", "bn_epsilon": 1e-5}
     for member in ("pdparams", "pdema", "pdstates"):
@@ -342,6 +347,13 @@ def test_paddleclas_loaders_read_our_files_that_record_numerics(from_timm_native
         assert states["epoch"] == 1
         np.testing.assert_array_equal(run(net, x), run(trained.model, x))
         np.testing.assert_array_equal(run(ema_net, x), run(trained.ema.module, x))
+    # PaddleClas's build_model with Arch.pretrained goes through create_model, which reads the record first
+    from paddleclas.ppcls.arch import build_model
+
+    built = build_model({"Arch": {"name": "EfficientNetB0", "class_num": 10, "pretrained": str(out / "best_model")},
+                         "Global": {"device": "cpu"}})
+    assert model_numerics(built) == Numerics("symmetric", 1e-5)
+    np.testing.assert_array_equal(run(built, x), run(trained.model, x))
 
 
 def test_a_record_is_checked_where_weights_meet_a_built_model(tmp_path):
