@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import logging
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -22,7 +24,9 @@ from .models import (
     micronet,
 )
 from .models.layers import DATA_FORMATS, building_in
-from .weights import load_pretrained
+from .weights import SourceNumerics, WeightsFile, load_weights_file, read_weights_file
+
+logger = logging.getLogger("ppcls_ext")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -147,25 +151,55 @@ def get_model_config(name: str) -> ModelConfig:
     return _REGISTRY[name]
 
 
+def _same_option(value: object, wanted: object) -> bool:
+    try:
+        return float(value) == wanted if isinstance(wanted, float) else value == wanted  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def with_source_numerics(name: str, options: Mapping[str, object], source: SourceNumerics) -> Dict[str, object]:
+    """`options` of model `name` completed with the numerics its weights were trained with (logged). An
+    option given that contradicts them wins, with a warning that the logits will not be the source's; for
+    a run to resume (`source.binding`) it is an error."""
+    wanted = source.numerics.options()
+    contradicted = {key: options[key] for key in wanted if key in options and not _same_option(options[key], wanted[key])}
+    given = ", ".join(f"{key}={value!r}" for key, value in contradicted.items())
+    if contradicted and source.binding:
+        raise ValueError(f"{given} contradicts {source.label}, which was saved computing with "
+                         f"{source.numerics.describe()}: remove it to resume")
+    if contradicted:
+        logger.warning("%s was trained with %s, but %s is built with %s as given: its logits will not be the "
+                       "source's", source.label, source.numerics.describe(), name, given)
+    else:
+        logger.info("%s was trained with %s: %s is built with them", source.label, source.numerics.describe(), name)
+    return {**wanted, **options}
+
+
 def create_model(
     name: str,
     class_num: int = 1000,
-    pretrained: Union[bool, str] = False,
+    pretrained: Union[bool, str, os.PathLike, WeightsFile] = False,
     *,
     features_only: bool = False,
     out_strides: Sequence[int] = (4, 8, 16, 32),
     data_format: str = "NCHW",
+    source_numerics: Optional[SourceNumerics] = None,
     **options,
 ) -> nn.Layer:
     """Build model `name` with `class_num` outputs.
 
-    pretrained: False, True (the official weights, downloaded once to the cache), or a local path / URL
-        of a `.pdparams` file in our layout or PaddleClas's, or (EfficientNets) of a PyTorch / safetensors
-        checkpoint of efficientnet_pytorch, timm or torchvision, whose numerics are then set on the model.
-        A classifier of another class count is skipped (and logged); any other mismatch is an error.
+    pretrained: False, True (the official weights, downloaded once to the cache), a local path / URL of a
+        `.pdparams` file in our layout or PaddleClas's, or (EfficientNets) of a PyTorch / safetensors
+        checkpoint of efficientnet_pytorch, timm or torchvision, or such a file already read
+        (`weights.read_weights_file`). The file is read first: the numerics its weights were trained with
+        (padding, bn_epsilon) become build options unless given (`with_source_numerics`). A classifier of
+        another class count is skipped (and logged); any other mismatch is an error.
     features_only: return a `FeatureExtractor` giving the stage outputs at `out_strides` instead.
     data_format: "NCHW", or "NHWC" to compute channels-last (inputs stay NCHW; see
         `ImageClassifier.data_format`).
+    source_numerics: the numerics of weights loaded after building, which replace `pretrained`'s (the
+        engine's `Global.pretrained_model` and `Global.checkpoints`, see `weights.read_starting_weights`).
     options: per family - dropout (all); drop_path_rate, padding ("same" / "symmetric") and bn_epsilon
         (EfficientNets).
     """
@@ -182,15 +216,29 @@ def create_model(
     options.setdefault("dropout", config.dropout)
     if "drop_path_rate" in family.options:
         options.setdefault("drop_path_rate", config.drop_path_rate)
+    weights = _read_pretrained(config, pretrained)
+    if source_numerics is None and weights is not None and weights.numerics is not None:
+        source_numerics = SourceNumerics(weights.numerics, weights.label)
+    if source_numerics is not None and {"padding", "bn_epsilon"} <= family.options:
+        options = with_source_numerics(name, options, source_numerics)
     with building_in(data_format):
         model = family.build(config.variant, class_num=class_num, **options)
-    if pretrained:
-        if pretrained is True:
-            if config.weights_url is None:
-                raise ValueError(f"{name} has no official pretrained weights; pass pretrained=<path or URL of a .pdparams>")
-            pretrained = config.weights_url
-        load_pretrained(model, pretrained)
+    if weights is not None:
+        load_weights_file(model, weights)
     return FeatureExtractor(model, out_strides) if features_only else model
+
+
+def _read_pretrained(config: ModelConfig, pretrained: Union[bool, str, os.PathLike, WeightsFile]) -> Optional[WeightsFile]:
+    """The weights `create_model(pretrained=...)` asks for, read (None for none)."""
+    if isinstance(pretrained, WeightsFile):
+        return pretrained
+    if not pretrained:
+        return None
+    if pretrained is True:
+        if config.weights_url is None:
+            raise ValueError(f"{config.name} has no official pretrained weights; pass pretrained=<path or URL of a .pdparams>")
+        pretrained = config.weights_url
+    return read_weights_file(pretrained)
 
 
 _PADDING_TYPES = {"SAME": "same", "DYNAMIC": "symmetric"}

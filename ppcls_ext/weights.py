@@ -3,7 +3,10 @@
 Formats, told apart by their first bytes: Paddle's `.pdparams` (our layout or PaddleClas's), read by the
 restricted unpickler of `safe_load` (a file that asks to run anything is refused before it runs); and,
 for the EfficientNet families, PyTorch checkpoints and `.safetensors` files of efficientnet_pytorch, timm
-and torchvision (`convert`), whose source numerics (padding, BN epsilon, activation) are set on the model.
+and torchvision (`convert`). A file is read before the model is built: the numerics its weights were
+trained with (padding, BN epsilon: told by a foreign file's layout, recorded in a `.pdparams` we wrote)
+are build options (`registry.create_model`, the engine); loading them into a model built otherwise is an
+error.
 """
 from __future__ import annotations
 
@@ -14,15 +17,18 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import paddle
+import paddle.nn as nn
 
-from .convert import (NUMERICS_KEY, LayoutError, Numerics, TorchFileError, apply_numerics, file_format,
-                      import_weights, numerics_from_entry)
+from .convert import (NUMERICS_KEY, ForeignCheckpoint, LayoutError, Numerics, TorchFileError, file_format,
+                      numerics_entry, read_foreign_checkpoint, recorded_numerics)
 from .models import ImageClassifier
+from .models.efficientnet import EfficientNet
 from .safe_load import load_paddle_file
 from .safe_pickle import UnsafePickleError
 
@@ -102,8 +108,8 @@ def resolve_path(source: PathLike) -> Path:
 
 
 def load_state_dict(path: PathLike) -> Dict[str, object]:
-    """Read a `.pdparams` file (safely: see `safe_load`), checking that it holds a state dict. A converted
-    file's record of its source numerics (`NUMERICS_KEY`) stays in the result; see `read_weights`."""
+    """Read a `.pdparams` file (safely: see `safe_load`), checking that it holds a state dict. A record of
+    the numerics (`NUMERICS_KEY`) stays in the result; see `read_weights_file`."""
     try:
         state = load_paddle_file(path)
     except UnsafePickleError as error:
@@ -115,33 +121,86 @@ def load_state_dict(path: PathLike) -> Dict[str, object]:
     return dict(state)
 
 
-def read_weights(model: ImageClassifier, path: PathLike, origin: Optional[str] = None) -> Tuple[Dict[str, object], Optional[Numerics], str]:
-    """(state dict under our or PaddleClas's keys, numerics of the weights' source if known, a label naming
-    the file and its layout) for a `.pdparams`, PyTorch or `.safetensors` file. `origin`: the source model's
-    name where a PyTorch layout needs it (timm's `tf_` ports)."""
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file as read, before any model is built: a `.pdparams` (`state`, under our or PaddleClas's
+    keys) or a PyTorch / safetensors checkpoint (`foreign`, under its library's keys), and the numerics
+    the weights were trained with - the build options a model needs to compute as their source did (None:
+    not recorded, i.e. the model's defaults)."""
+
+    path: Path
+    numerics: Optional[Numerics]
+    state: Optional[Dict[str, object]] = None
+    foreign: Optional[ForeignCheckpoint] = None
+
+    @property
+    def label(self) -> str:
+        """The file, and the layout of a foreign one, for messages."""
+        return str(self.path) if self.foreign is None else f"{self.path} ({self.foreign.layout.name} layout)"
+
+    def state_for(self, model: ImageClassifier) -> Dict[str, object]:
+        """The tensors under `model`'s (or PaddleClas's) key names."""
+        if self.foreign is None:
+            return dict(self.state or {})
+        try:
+            return self.foreign.to_model(model, str(self.path))
+        except LayoutError as error:
+            raise IncompatibleWeightsError(str(error)) from error
+
+
+def _read_file(path: Path, origin: Optional[str]) -> WeightsFile:
     try:
         if file_format(path) == "other":
             state = load_state_dict(path)
-            entry = state.pop(NUMERICS_KEY, None)
-            return state, None if entry is None else numerics_from_entry(entry, str(path)), str(path)
-        imported = import_weights(model, path, origin)
+            numerics = recorded_numerics(state, str(path))
+            state.pop(NUMERICS_KEY, None)
+            return WeightsFile(path, numerics, state=state)
+        foreign = read_foreign_checkpoint(path, origin)
     except (UnsafePickleError, TorchFileError, LayoutError, ValueError) as error:
         if isinstance(error, IncompatibleWeightsError):
             raise
         raise IncompatibleWeightsError(str(error)) from error
-    return dict(imported.state), imported.numerics, f"{path} ({imported.layout} layout)"
+    return WeightsFile(path, foreign.numerics, foreign=foreign)
 
 
-def set_source_numerics(model: ImageClassifier, numerics: Numerics, label: str) -> List[str]:
-    """Make `model` compute as the weights' source did (logged), returning what changed."""
-    changes = apply_numerics(model, numerics)
-    if changes:
-        logger.info("%s was trained with %s; set on the model (%s). Build it so directly with padding=%r, bn_epsilon=%g "
-                    "(config: Arch.padding, Arch.bn_epsilon)", label, numerics.describe(), ", ".join(changes),
-                    numerics.padding, numerics.bn_epsilon)
-    else:
-        logger.info("%s was trained with %s, as the model computes", label, numerics.describe())
-    return changes
+def read_weights_file(source: PathLike, sha256: Optional[str] = None, origin: Optional[str] = None) -> WeightsFile:
+    """Read a weights file from a local path or a URL (cached; a download that is not a weights file is
+    deleted again so that the next attempt fetches it afresh): a `.pdparams`, or for EfficientNets a
+    PyTorch / `.safetensors` checkpoint of efficientnet_pytorch, timm or torchvision. `origin`: the source
+    model's name where a PyTorch layout needs it (timm's `tf_` ports)."""
+    if not is_url(source):
+        return _read_file(resolve_path(source), origin)
+    path = download(str(source), sha256=sha256)
+    try:
+        return _read_file(path, origin)
+    except IncompatibleWeightsError:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def model_numerics(model: nn.Layer) -> Optional[Numerics]:
+    """The numerics `model` was built with (EfficientNet families; None for others)."""
+    return Numerics(model.padding, model.bn_epsilon) if isinstance(model, EfficientNet) else None
+
+
+def numerics_record(model: nn.Layer, origin: Optional[str] = None) -> Dict[str, object]:
+    """{NUMERICS_KEY: record} of the numerics `model` computes with, to save beside its tensors so that a
+    later load builds the model alike; empty for a model without such options."""
+    numerics = model_numerics(model)
+    return {} if numerics is None else {NUMERICS_KEY: numerics_entry(numerics, origin)}
+
+
+def check_numerics(model: nn.Layer, numerics: Optional[Numerics], label: str) -> None:
+    """Weights trained with `numerics` must meet a model built with them: otherwise a one-line error that
+    says how to build it (options of a model are fixed once it is built)."""
+    built = model_numerics(model)
+    if numerics is None or built is None or built == numerics:
+        return
+    raise IncompatibleWeightsError(
+        f"{label} was trained with {numerics.describe()}, but the model was built with {built.describe()}: its "
+        f"logits would not be the source's. Build it with the weights (create_model(name, pretrained=...) reads "
+        f"them first), or with padding={numerics.padding!r}, bn_epsilon={numerics.bn_epsilon:g} "
+        f"(config: Arch.padding, Arch.bn_epsilon)")
 
 
 def _shape(value: object) -> tuple:
@@ -153,12 +212,9 @@ def _listing(keys: List[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_weights(model: ImageClassifier, state_dict: Mapping[str, object], source: str = "state dict",
-                 allow_classifier_mismatch: bool = True) -> List[str]:
-    """Load `state_dict` (our layout or PaddleClas's) into `model`, strictly: every tensor must be present
-    with its shape, except the classifier's, which is left as initialised when the checkpoint's has
-    another class count or none (fine-tuning) — unless `allow_classifier_mismatch` is False (evaluation,
-    inference, export), where that would give a random classifier. Returns the classifier keys not loaded."""
+def _fit(model: ImageClassifier, state_dict: Mapping[str, object], source: str, numerics: Optional[Numerics],
+         allow_classifier_mismatch: bool = True) -> List[str]:
+    """Load `state_dict` into `model` strictly (see `load_weights`), its tensors checked before its numerics."""
     state = model.convert_state_dict(state_dict)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -179,6 +235,7 @@ def load_weights(model: ImageClassifier, state_dict: Mapping[str, object], sourc
         found = f"is for {counts[0][0]} classes, the model has {counts[0][1]}" if counts else f"lacks {_listing(skipped)}"
         raise IncompatibleWeightsError(f"{source}: its classifier {found} (Arch.class_num); only training may leave "
                                        "a classifier randomly initialised")
+    check_numerics(model, numerics, source)
     if skipped:
         logger.warning("%s: classifier does not match the model's class_num; left as initialised: %s", source, _listing(skipped))
     loaded = {k: v for k, v in state.items() if k in expected and k not in skipped}
@@ -186,27 +243,87 @@ def load_weights(model: ImageClassifier, state_dict: Mapping[str, object], sourc
     return skipped
 
 
+def load_weights(model: ImageClassifier, state_dict: Mapping[str, object], source: str = "state dict",
+                 allow_classifier_mismatch: bool = True) -> List[str]:
+    """Load `state_dict` (our layout or PaddleClas's) into `model`, strictly: every tensor must be present
+    with its shape, except the classifier's, which is left as initialised when the checkpoint's has
+    another class count or none (fine-tuning) — unless `allow_classifier_mismatch` is False (evaluation,
+    inference, export), where that would give a random classifier; numerics it records must be the
+    model's (`check_numerics`). Returns the classifier keys not loaded."""
+    state = dict(state_dict)
+    try:
+        numerics = recorded_numerics(state, source)
+    except ValueError as error:
+        raise IncompatibleWeightsError(str(error)) from error
+    state.pop(NUMERICS_KEY, None)
+    return _fit(model, state, source, numerics, allow_classifier_mismatch)
+
+
+def load_weights_file(model: ImageClassifier, weights: WeightsFile, allow_classifier_mismatch: bool = True) -> List[str]:
+    """Load weights already read into `model`, built knowing their numerics (`create_model`, the engine:
+    where the options given contradict them, that was warned about). Returns the skipped classifier keys."""
+    skipped = _fit(model, weights.state_for(model), weights.label, None, allow_classifier_mismatch)
+    logger.info("loaded weights from %s", weights.label)
+    return skipped
+
+
 def load_pretrained(model: ImageClassifier, source: PathLike, sha256: Optional[str] = None,
                     origin: Optional[str] = None, allow_classifier_mismatch: bool = True) -> List[str]:
-    """Load weights from a local path or a URL (cached; a download that is not a weights file is deleted
-    again so that the next attempt fetches it afresh): a `.pdparams`, or for EfficientNets a PyTorch /
-    `.safetensors` checkpoint (see `read_weights`), whose source numerics are then set on the model.
-    Returns the skipped classifier keys (see `load_weights` for `allow_classifier_mismatch`)."""
-    if is_url(source):
-        path = download(str(source), sha256=sha256)
-        try:
-            state, numerics, label = read_weights(model, path, origin)
-        except IncompatibleWeightsError:
-            path.unlink(missing_ok=True)
-            raise
-    else:
-        path = resolve_path(source)
-        state, numerics, label = read_weights(model, path, origin)
-    skipped = load_weights(model, state, source=label, allow_classifier_mismatch=allow_classifier_mismatch)
-    if numerics is not None:  # after a load that fitted: rebuilt convolutions keep the loaded weights
-        set_source_numerics(model, numerics, label)
-    logger.info("loaded weights from %s", label)
+    """Load weights from a local path or a URL (see `read_weights_file`) into a model already built, which
+    must compute with the numerics the weights were trained with (`check_numerics`; `create_model(name,
+    pretrained=source)` builds it so). Returns the skipped classifier keys (see `load_weights` for
+    `allow_classifier_mismatch`)."""
+    weights = read_weights_file(source, sha256=sha256, origin=origin)
+    skipped = _fit(model, weights.state_for(model), weights.label, weights.numerics, allow_classifier_mismatch)
+    logger.info("loaded weights from %s", weights.label)
     return skipped
+
+
+@dataclass(frozen=True)
+class SourceNumerics:
+    """Numerics a model must be built with because weights trained with them will be loaded into it,
+    read from `label`. `binding`: the weights of a run to resume, which options may not contradict."""
+
+    numerics: Numerics
+    label: str
+    binding: bool = False
+
+
+@dataclass(frozen=True)
+class StartingWeights:
+    """What a run starts from, read before its model is built: the pretrained weights and the numerics
+    to build with."""
+
+    pretrained: Optional[WeightsFile]
+    numerics: Optional[SourceNumerics]
+
+
+def checkpoint_numerics(prefix: str) -> Optional[SourceNumerics]:
+    """The numerics recorded by the checkpoint `prefix` (in its small `.pdstates`, so that the model can
+    be built before the weights are read); None if it records none or cannot be read here (resuming
+    reports why)."""
+    prefix = prefix[: -len(".pdparams")] if prefix.endswith(".pdparams") else prefix
+    try:
+        states = load_paddle_file(f"{prefix}.pdstates")
+    except Exception:  # missing, unreadable or refused: the checkpoint's own loader names the problem
+        return None
+    if not isinstance(states, Mapping) or NUMERICS_KEY not in states:
+        return None
+    try:
+        numerics = recorded_numerics(states, f"{prefix}.pdstates")
+    except ValueError as error:
+        raise IncompatibleWeightsError(str(error)) from error
+    return SourceNumerics(numerics, f"checkpoint {prefix}", binding=True)
+
+
+def read_starting_weights(pretrained: Optional[PathLike], resume: Optional[PathLike] = None) -> StartingWeights:
+    """`Global.pretrained_model` read, and the numerics a run builds its model with: those of the checkpoint
+    it resumes (`Global.checkpoints`), else those of the pretrained weights."""
+    weights = read_weights_file(pretrained) if pretrained else None
+    numerics = checkpoint_numerics(str(resume)) if resume else None
+    if numerics is None and weights is not None and weights.numerics is not None:
+        numerics = SourceNumerics(weights.numerics, weights.label)
+    return StartingWeights(weights, numerics)
 
 
 def randomize_(state_dict: Mapping[str, paddle.Tensor], seed: int = 0) -> Mapping[str, paddle.Tensor]:

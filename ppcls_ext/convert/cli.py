@@ -11,8 +11,7 @@ import numpy as np
 import paddle
 
 from ..registry import UnknownModelError, create_model
-from ..weights import IncompatibleWeightsError, load_pretrained
-from . import NUMERICS_KEY, model_numerics, numerics_entry
+from ..weights import IncompatibleWeightsError, model_numerics, numerics_record, read_weights_file
 
 
 def _save_atomically(state: dict, path: str) -> None:
@@ -28,17 +27,12 @@ def _save_atomically(state: dict, path: str) -> None:
 
 
 def convert(source: str, model_name: str, output: str, origin: Optional[str] = None, class_num: int = 1000) -> str:
-    """Load `source` into `model_name`, save it as `output` and check that the saved file gives the same
-    logits. Numerics that differ from the model's defaults are recorded in the file (`NUMERICS_KEY`), so
-    that `create_model(model_name, pretrained=output)` computes as the source did. Returns a summary line."""
-    model = create_model(model_name, class_num=class_num)
-    default = model_numerics(model)
-    load_pretrained(model, source, origin=origin)
-    numerics = model_numerics(model)
-    state = dict(model.state_dict())
-    if numerics != default:
-        state[NUMERICS_KEY] = numerics_entry(numerics, os.path.basename(source))
-    _save_atomically(state, output)
+    """Load `source` into `model_name` (built with the numerics its weights were trained with), save it as
+    `output`, recording those numerics (`NUMERICS_KEY`) so that `create_model(model_name, pretrained=output)`
+    builds the model alike, and check that the saved file gives the same logits. Returns a summary line."""
+    weights = read_weights_file(source, origin=origin)
+    model = create_model(model_name, class_num=class_num, pretrained=weights)
+    _save_atomically({**model.state_dict(), **numerics_record(model, os.path.basename(source))}, output)
     model.eval()
     reloaded = create_model(model_name, class_num=class_num, pretrained=output)
     reloaded.eval()
@@ -48,8 +42,9 @@ def convert(source: str, model_name: str, output: str, origin: Optional[str] = N
     if difference > 1e-5:
         os.remove(output)
         raise IncompatibleWeightsError(f"{output}: reloaded logits differ by {difference:.3g}; file removed")
-    note = "" if numerics == default else " (recorded in the file)"
-    return f"wrote {output}: {model_name} from {source}, {numerics.describe()}{note}; reloaded logits identical"
+    numerics = model_numerics(model)
+    recorded = f", {numerics.describe()} (recorded in the file)" if numerics is not None else ""
+    return f"wrote {output}: {model_name} from {weights.label}{recorded}; reloaded logits identical"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -10,8 +10,8 @@ numerics each implementation computes with.
 - torchvision (EfficientNet B0-B7, V2 S/M/L): `features.0.0`, `features.<stage+1>.<j>.block.<k>` ...
   `classifier.1`; symmetric padding; epsilon 1e-5 for B0-B4, 1e-3 for B5-B7 and V2 (`efficientnet.py`).
 
-Activations: every implementation uses SiLU, except on EfficientNet-Lite - the only ones without any
-squeeze-excite - which use ReLU6.
+The numerics are told from the keys, their shapes and the file's name alone, before any model is built
+(they are build options); mapping the keys onto a model needs the model.
 """
 from __future__ import annotations
 
@@ -41,14 +41,6 @@ def _parts(block: _MobileBlock) -> List[str]:
     return [part for part in ("expand", "dw", "se", "project") if getattr(block, part) is not None]
 
 
-def _has_se(keys: Sequence[str]) -> bool:
-    return any(re.search(r"(_se_reduce|\.se\.|\.fc1\.)", key) for key in keys)
-
-
-def _activation(keys: Sequence[str]) -> str:
-    return "silu" if _has_se(keys) else "relu6"
-
-
 # --- efficientnet_pytorch -----------------------------------------------------------------------------
 
 _EP_PARTS = {"expand": ("_expand_conv", "_bn0"), "dw": ("_depthwise_conv", "_bn1"), "project": ("_project_conv", "_bn2")}
@@ -69,9 +61,8 @@ def _efficientnet_pytorch_pairs(model: EfficientNet) -> ModulePairs:
     return pairs
 
 
-def _efficientnet_pytorch_numerics(state: Mapping[str, np.ndarray], model: EfficientNet, path: Path,
-                                   origin: Optional[str]) -> Numerics:
-    return Numerics("same", 1e-3, _activation(list(state)))
+def _efficientnet_pytorch_numerics(state: Mapping[str, np.ndarray], path: Path, origin: Optional[str]) -> Numerics:
+    return Numerics("same", 1e-3)
 
 
 # --- timm ---------------------------------------------------------------------------------------------
@@ -115,7 +106,7 @@ def timm_model_name(path: Path, origin: Optional[str]) -> Optional[str]:
     return None
 
 
-def _timm_numerics(state: Mapping[str, np.ndarray], model: EfficientNet, path: Path, origin: Optional[str]) -> Numerics:
+def _timm_numerics(state: Mapping[str, np.ndarray], path: Path, origin: Optional[str]) -> Numerics:
     name = timm_model_name(path, origin)
     if name is None:
         raise LayoutError(
@@ -123,9 +114,7 @@ def _timm_numerics(state: Mapping[str, np.ndarray], model: EfficientNet, path: P
             f"epsilon 1e-3) and its own models (efficientnet_*: symmetric padding, epsilon 1e-5) share; the keys "
             f"cannot tell them apart and neither can the file's path. Name the timm model: origin='tf_efficientnet_b0' "
             f"(convert_weights.py --origin), or keep timm's file name")
-    if name.startswith("tf_"):
-        return Numerics("same", 1e-3, _activation(list(state)))
-    return Numerics("symmetric", 1e-5, _activation(list(state)))
+    return Numerics("same", 1e-3) if name.startswith("tf_") else Numerics("symmetric", 1e-5)
 
 
 # --- torchvision --------------------------------------------------------------------------------------
@@ -148,12 +137,17 @@ def _torchvision_pairs(model: EfficientNet) -> ModulePairs:
 _TORCHVISION_TF_EPS_HEADS = {make_divisible(1280 * EFFICIENTNET_SCALING[v].width) for v in ("B5", "B6", "B7")}
 
 
-def _torchvision_numerics(state: Mapping[str, np.ndarray], model: EfficientNet, path: Path,
-                          origin: Optional[str]) -> Numerics:
-    is_v2 = any(isinstance(block, FusedMBConv) for _, _, block in model.blocks())
-    head = state.get(f"features.{len(model.stages) + 1}.0.weight")
+def _torchvision_numerics(state: Mapping[str, np.ndarray], path: Path, origin: Optional[str]) -> Numerics:
+    """V2 (epsilon 1e-3) starts with a full 3x3 convolution (Fused-MBConv) where V1 has a depthwise one; of
+    V1, B5-B7 (1e-3) are told by the width of the head, the last `features.N`."""
+    first = state.get("features.1.0.block.0.0.weight")
+    if first is None or len(first.shape) != 4:
+        raise LayoutError(f"{path}: torchvision layout without its first block's convolution features.1.0.block.0.0.weight")
+    is_v2 = int(first.shape[1]) > 1
+    last = max(int(key.split(".")[1]) for key in state if re.match(r"features\.\d+\.", key))
+    head = state.get(f"features.{last}.0.weight")
     wide = head is not None and int(head.shape[0]) in _TORCHVISION_TF_EPS_HEADS
-    return Numerics("symmetric", 1e-3 if is_v2 or wide else 1e-5, "silu")
+    return Numerics("symmetric", 1e-3 if is_v2 or wide else 1e-5)
 
 
 # --- detection and conversion -------------------------------------------------------------------------
@@ -164,7 +158,7 @@ class Layout:
     marker: str  # a key every checkpoint of the layout has
     classifier: str  # their classifier module
     pairs: Callable[[EfficientNet], ModulePairs]
-    numerics: Callable[[Mapping[str, np.ndarray], EfficientNet, Path, Optional[str]], Numerics]
+    numerics: Callable[[Mapping[str, np.ndarray], Path, Optional[str]], Numerics]
 
 
 LAYOUTS = (

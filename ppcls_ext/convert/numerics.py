@@ -1,98 +1,60 @@
-"""The numerics a set of weights was trained with - padding of strided convolutions, batch-norm epsilon,
-activation - read from and set on a built EfficientNet, so that imported weights give the logits of the
-implementation that trained them.
+"""The numerics a set of weights was trained with - padding of the strided convolutions and batch-norm
+epsilon - which the EfficientNet families take as build options (`padding`, `bn_epsilon`), and their
+record in a `.pdparams` file, so that whoever loads the file later builds the model the same way.
 
-Paddle offers no public setter for these after construction: the epsilon is the batch norm's `_epsilon`
-(read in `BatchNorm2D.forward`, paddle/nn/layer/norm.py), and a convolution's padding is fixed in
-`Conv2D.__init__` (paddle/nn/layer/conv.py), so convolutions are rebuilt with the same arguments and
-weights and the new padding.
+The activation is not among them: every implementation we import from uses the one of the model it
+matches by its keys (SiLU for EfficientNet and V2, ReLU6 for EfficientNet-Lite, the only ones without
+squeeze-excite), so weights of the other kind fail to load instead of computing with another activation.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, Mapping, Optional
 
-import paddle.nn as nn
+from ..models.layers import PADDING_MODES
 
-from ..models.efficientnet import EfficientNet
-from ..models.layers import ConvBNAct, SiLU, conv_padding
-
-ACTIVATIONS: Dict[str, type] = {"silu": SiLU, "relu6": nn.ReLU6}
+#: entry of a `.pdparams` (and of a checkpoint's `.pdstates`) that records the numerics; not a tensor
+NUMERICS_KEY = "SourceNumerics@@"
 
 
 @dataclass(frozen=True)
 class Numerics:
-    """padding: "same" (TensorFlow's) or "symmetric" (PyTorch's k // 2); activation: "silu" or "relu6"."""
+    """padding: "same" (TensorFlow's) or "symmetric" (PyTorch's k // 2); bn_epsilon: the batch norms'."""
 
     padding: str
     bn_epsilon: float
-    activation: str
 
     def describe(self) -> str:
-        return f"padding={self.padding}, bn_epsilon={self.bn_epsilon:g}, activation={self.activation}"
+        return f"padding={self.padding}, bn_epsilon={self.bn_epsilon:g}"
+
+    def options(self) -> Dict[str, object]:
+        """As keyword options of `create_model` / an `Arch` section."""
+        return {"padding": self.padding, "bn_epsilon": self.bn_epsilon}
 
 
-def _conv_bn_acts(model: EfficientNet) -> List[ConvBNAct]:
-    return [layer for layer in model.sublayers() if isinstance(layer, ConvBNAct)]
-
-
-def _activation_name(layer: nn.Layer) -> str:
-    for name, kind in ACTIVATIONS.items():
-        if type(layer) is kind:
-            return name
-    raise ValueError(f"unsupported activation {type(layer).__name__}")
-
-
-def model_numerics(model: EfficientNet) -> Numerics:
-    """The numerics `model` computes with now (read from its stem, a 3x3 stride-2 convolution)."""
-    stem = model.stem
-    padding = "same" if stem.conv._padding == "SAME" else "symmetric"
-    return Numerics(padding, float(stem.bn._epsilon), _activation_name(stem.act))
-
-
-def _with_padding(conv: nn.Conv2D, padding: str) -> nn.Conv2D:
-    """A copy of `conv` (same shape, stride, groups, layout and weights) with `padding`."""
-    rebuilt = nn.Conv2D(conv._in_channels, conv._out_channels, conv._kernel_size, stride=conv._stride,
-                        padding=conv_padding(tuple(conv._kernel_size), tuple(conv._stride), padding),
-                        groups=conv._groups, bias_attr=False if conv.bias is None else None,
-                        data_format=conv._data_format)
-    rebuilt.weight.set_value(conv.weight)
-    if conv.bias is not None:
-        rebuilt.bias.set_value(conv.bias)
-    return rebuilt
-
-
-def apply_numerics(model: EfficientNet, numerics: Numerics) -> List[str]:
-    """Make `model` compute with `numerics` (every conv-BN-activation unit and batch norm); returns what
-    changed, e.g. ["padding same -> symmetric"], empty when it already did. Call before creating an
-    optimizer: rebuilt convolutions are new parameters."""
-    if numerics.padding not in ("same", "symmetric") or numerics.activation not in ACTIVATIONS:
-        raise ValueError(f"unsupported numerics {numerics}")
-    current = model_numerics(model)
-    for unit in _conv_bn_acts(model):
-        if current.padding != numerics.padding:
-            unit.conv = _with_padding(unit.conv, numerics.padding)
-        if not isinstance(unit.act, nn.Identity) and current.activation != numerics.activation:
-            unit.act = ACTIVATIONS[numerics.activation]()
-    if current.bn_epsilon != numerics.bn_epsilon:
-        for layer in model.sublayers():
-            if isinstance(layer, nn.BatchNorm2D):
-                layer._epsilon = numerics.bn_epsilon
-    return [f"{field} {getattr(current, field)} -> {getattr(numerics, field)}"
-            for field in ("padding", "bn_epsilon", "activation") if getattr(current, field) != getattr(numerics, field)]
-
-
-#: entry of a converted .pdparams that records the numerics of the weights' source (not a tensor)
-NUMERICS_KEY = "SourceNumerics@@"
-
-
-def numerics_entry(numerics: Numerics, origin: str) -> Dict[str, object]:
-    return {"padding": numerics.padding, "bn_epsilon": float(numerics.bn_epsilon), "activation": numerics.activation,
-            "origin": origin}
+def numerics_entry(numerics: Numerics, origin: Optional[str] = None) -> Dict[str, object]:
+    """The record of `numerics` (and of the file they were first read from, if known) stored under NUMERICS_KEY."""
+    entry: Dict[str, object] = {"padding": numerics.padding, "bn_epsilon": float(numerics.bn_epsilon)}
+    if origin:
+        entry["origin"] = origin
+    return entry
 
 
 def numerics_from_entry(entry: object, source: str) -> Numerics:
+    """The numerics recorded by `numerics_entry` (other keys, such as the `activation` that earlier versions
+    wrote, are informative only); a malformed record is a ValueError naming `source`."""
     try:
-        return Numerics(str(entry["padding"]), float(entry["bn_epsilon"]), str(entry["activation"]))  # type: ignore[index]
+        numerics = Numerics(str(entry["padding"]), float(entry["bn_epsilon"]))  # type: ignore[index]
     except (TypeError, KeyError, ValueError) as error:
         raise ValueError(f"{source}: malformed {NUMERICS_KEY} entry {entry!r}") from error
+    if numerics.padding not in PADDING_MODES or not (math.isfinite(numerics.bn_epsilon) and numerics.bn_epsilon > 0):
+        raise ValueError(f"{source}: malformed {NUMERICS_KEY} entry {entry!r} (padding one of {PADDING_MODES}, "
+                         "bn_epsilon a positive number)")
+    return numerics
+
+
+def recorded_numerics(state: Mapping[str, object], source: str) -> Optional[Numerics]:
+    """The numerics that a state dict (or a checkpoint's training states) records, if any."""
+    entry = state.get(NUMERICS_KEY)
+    return None if entry is None else numerics_from_entry(entry, source)

@@ -20,7 +20,7 @@ from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
 from ..output_paths import ensure_directory
-from ..weights import load_pretrained, load_weights
+from ..weights import SourceNumerics, load_weights, load_weights_file, numerics_record, read_starting_weights
 from .checkpoint import (cast_to_model_dtypes, load_checkpoint, portable_optimizer_state, recover_checkpoints,
                          restore_optimizer_state, save_checkpoint)
 from .ema import ModelEMA
@@ -64,15 +64,17 @@ IGNORED_SECTIONS = {"Slim": "quantization and pruning (PaddleSlim) are not suppo
 _RANDOM_WEIGHTS_VERB = {"eval": "evaluating", "infer": "classifying with", "export": "exporting"}
 
 
-def build_model(arch: Dict[str, Any]) -> paddle.nn.Layer:
-    """The model of an `Arch` section (PaddleClas keywords accepted), with config-level errors."""
+def build_model(arch: Dict[str, Any], source_numerics: Optional[SourceNumerics] = None) -> paddle.nn.Layer:
+    """The model of an `Arch` section (PaddleClas keywords accepted), with config-level errors;
+    `source_numerics`: those of the weights it will be loaded with (see `registry.create_model`)."""
     options = dict(arch)
     name = options.pop("name", None)
     options.pop("use_sync_bn", None)
     if name is None:
         raise ConfigError("missing 'Arch.name' (e.g. MicroNet_M3)")
     try:
-        return registry.create_model(name, **registry.paddleclas_arch_options(name, options))
+        options = registry.paddleclas_arch_options(name, options)
+        return registry.create_model(name, source_numerics=source_numerics, **options)
     except registry.UnknownModelError as error:
         raise ConfigError(f"Arch.name: {error}") from error
     except (TypeError, ValueError) as error:
@@ -127,14 +129,17 @@ class Engine:
         if self.world_size > 1 and mode in ("train", "eval"):
             dist.init_parallel_env()
         _seed_everything(self.glob.get("seed"), self.rank)
-        self.model = build_model(arch)
+        # weights are read before the model is built: their numerics (padding, BN epsilon) are build options
+        start = read_starting_weights(self.glob.get("pretrained_model"),
+                                      self.glob.get("checkpoints") if mode == "train" else None)
+        self.model = build_model(arch, start.numerics)
         if arch.get("use_sync_bn") and self.world_size > 1:
             if self.device == "gpu":
                 self.model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             else:
                 logger.warning("Arch.use_sync_bn needs GPUs; ignored on CPU")
-        if self.glob.get("pretrained_model"):  # only training may replace a classifier of another class count
-            load_pretrained(self.model, self.glob["pretrained_model"], allow_classifier_mismatch=mode == "train")
+        if start.pretrained is not None:  # only training may replace a classifier of another class count
+            load_weights_file(self.model, start.pretrained, allow_classifier_mismatch=mode == "train")
         elif mode != "train" and not arch.get("pretrained"):
             logger.warning("Global.pretrained_model is not set: %s a randomly initialised model (its outputs mean "
                            "nothing); give -o Global.pretrained_model=PATH", _RANDOM_WEIGHTS_VERB[mode])
@@ -459,17 +464,18 @@ class Engine:
         if self.rank != 0:
             return
         path = os.path.join(self.output_dir, prefix)
+        record = numerics_record(self.model)  # in every file that a later run builds its model from
         states = {"epoch": epoch, "metric": self.best, "best_metric": self.best, "best_metric_ema": self.best_ema,
                   "global_step": self.global_step, "step": self.schedule.last_epoch,
-                  "ema_updates": self.ema.updates if self.ema else 0}
+                  "ema_updates": self.ema.updates if self.ema else 0, **record}
         if with_training_state and self.scaler is not None and self.scaler.is_enable():
             states["amp_scaler"] = self.scaler.state_dict()
         save_checkpoint(
             path,
-            weights if weights is not None else self.model.state_dict(),
+            {**(weights if weights is not None else self.model.state_dict()), **record},
             states,
             optimizer_state=portable_optimizer_state(self.optimizer.state_dict(), self.model) if with_training_state else None,
-            ema_state=self.ema.state_dict() if (with_training_state and self.ema is not None) else None,
+            ema_state={**self.ema.state_dict(), **record} if (with_training_state and self.ema is not None) else None,
         )
         logger.info("saved %s to %s", prefix, path)
 

@@ -120,6 +120,8 @@ class EfficientNet(ImageClassifier):
         act_layer: ActLayer = SiLU,
     ):
         super().__init__()
+        # the numerics the weights are trained with; checkpoints record them (ppcls_ext.weights.numerics_record)
+        self.padding, self.bn_epsilon = padding, float(bn_epsilon)
         conv = partial(ConvBNAct, padding=padding, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, act_layer=act_layer)
         self.stage_specs = tuple(stages)
         self.stem = conv(3, stem_channels, 3, 2)
