@@ -168,3 +168,23 @@ def test_training_on_unreadable_images_stops_with_one_line(digits, tmp_path, ima
         f"error: {labels}: 10 unreadable training images in a row, the last (line ")
     assert "garbage.jpg: cannot decode image: not a recognised image format" in proc.stderr
     assert not os.path.exists(tmp_path / "output" / "MicroNet_M0" / "latest.pdparams")
+
+
+@pytest.mark.slow
+def test_unreadable_image_seen_by_one_process_stops_every_process_with_one_line(digits, tmp_path, digits_weights, images):
+    """Two evaluation processes: only one of them reads the broken image. Both stop with the same error
+    line (the other one names the process that read it) and exit 2, instead of one exiting and the other
+    waiting in the final gather until gloo times out with a traceback."""
+    labels = _label_file(digits, tmp_path / "val.txt", [f"{images}/half_grey.jpg 7"])
+    argv = quick_argv(digits, tmp_path, f"Global.pretrained_model={digits_weights}",
+                      f"DataLoader.Eval.dataset.cls_label_path={labels}", "DataLoader.Eval.sampler.batch_size=2")
+    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+                           str(tmp_path / "log"), os.path.join(REPO, "tools", "eval.py"), *argv],
+                          capture_output=True, text=True, timeout=240)
+    logs = [(tmp_path / "log" / f"workerlog.{rank}").read_text() for rank in range(2)]
+    errors = [[line for line in log.splitlines() if line.startswith("error:")] for log in logs]
+    assert proc.returncode != 0 and [len(e) for e in errors] == [1, 1], proc.stdout[-3000:]
+    expected = f"error: {labels}, line 6: unreadable image {images}/half_grey.jpg: cannot decode image: corrupt JPEG"
+    assert all(e[0].startswith(expected) for e in errors)
+    assert sum("(read by process " in e[0] for e in errors) == 1  # exactly one process read it itself
+    assert all("Traceback" not in log for log in logs) and "Traceback" not in proc.stdout + proc.stderr

@@ -16,6 +16,7 @@ import paddle.distributed as dist
 
 from .. import cpu_env, registry
 from ..config import ConfigError, boolean, check_sections, check_values, int_list, integer, number, section
+from ..data.dataset import DataError
 from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
@@ -490,21 +491,20 @@ class Engine:
         rows = []  # per batch: [N, 1 + losses + top-k + 1] = sample index, losses, hits, output is finite
         times = {"batch_cost": AverageMeter(), "reader_cost": AverageMeter()}
         tic = time.time()
-        for iteration, (images, labels, index) in enumerate(self.eval_loader):
-            times["reader_cost"].update(time.time() - tic)
-            with self._autocast(self.amp_eval):
-                logits = net(images).astype("float32")
-            per_sample = self.eval_loss(logits, labels)
-            rows.append(paddle.concat([index.reshape([-1, 1]).astype("float64")]
-                                      + [per_sample[k].reshape([-1, 1]).astype("float64") for k in per_sample]
-                                      + [self.eval_metric.hits(logits, labels).astype("float64"),
-                                         paddle.isfinite(logits).all(axis=-1, keepdim=True).astype("float64")], axis=1))
-            times["batch_cost"].update(time.time() - tic)
-            if iteration % self.print_step == 0:
-                logger.info("[%s][Epoch %d][Iter: %d/%d]batch_cost: %.5fs, reader_cost: %.5f, ips: %.5f images/sec",
-                            label, epoch, iteration, len(self.eval_loader), times["batch_cost"].avg,
-                            times["reader_cost"].avg, images.shape[0] / max(times["batch_cost"].avg, 1e-12))
-            tic = time.time()
+        try:
+            for iteration, (images, labels, index) in enumerate(self.eval_loader):
+                times["reader_cost"].update(time.time() - tic)
+                loss_names = self._evaluate_batch(net, images, labels, index, rows)
+                times["batch_cost"].update(time.time() - tic)
+                if iteration % self.print_step == 0:
+                    logger.info("[%s][Epoch %d][Iter: %d/%d]batch_cost: %.5fs, reader_cost: %.5f, ips: %.5f images/sec",
+                                label, epoch, iteration, len(self.eval_loader), times["batch_cost"].avg,
+                                times["reader_cost"].avg, images.shape[0] / max(times["batch_cost"].avg, 1e-12))
+                tic = time.time()
+        except DataError as error:
+            self._stop_on_any_rank_failure(str(error))
+            raise
+        self._stop_on_any_rank_failure(None)
         table = self._gather(paddle.concat(rows))
         _, first = np.unique(table[:, 0].astype("int64"), return_index=True)
         table = table[first, 1:]
@@ -513,10 +513,35 @@ class Engine:
             raise NonFiniteError(f"[{label}] epoch {epoch}: the model's outputs hold NaN or Inf for {broken} of {len(first)} "
                                  f"images, so no scores are reported" + ("; float16 evaluation may overflow: try "
                                  "AMP.use_fp16_test: False" if self.amp_eval and self.amp_level == "O1" else ""))
-        names = list(per_sample) + list(self.eval_metric.names())
+        names = loss_names + list(self.eval_metric.names())
         result = {name: float(v) for name, v in zip(names, table[:, :-1].astype("float32").mean(axis=0))}
         logger.info(epoch_line(label, epoch, None, result) + f", images: {len(first)}")
         return result
+
+    def _evaluate_batch(self, net: paddle.nn.Layer, images, labels, index, rows: List[paddle.Tensor]) -> List[str]:
+        """Append one batch's rows (sample index, per-sample losses, top-k hits, whether the output is
+        finite) to `rows`; returns the loss names."""
+        with self._autocast(self.amp_eval):
+            logits = net(images).astype("float32")
+        per_sample = self.eval_loss(logits, labels)
+        rows.append(paddle.concat([index.reshape([-1, 1]).astype("float64")]
+                                  + [per_sample[k].reshape([-1, 1]).astype("float64") for k in per_sample]
+                                  + [self.eval_metric.hits(logits, labels).astype("float64"),
+                                     paddle.isfinite(logits).all(axis=-1, keepdim=True).astype("float64")], axis=1))
+        return list(per_sample)
+
+    def _stop_on_any_rank_failure(self, message: Optional[str]) -> None:
+        """Distributed evaluation: every rank says whether it could read its share of the data (one
+        collective per evaluation, not per batch), so that a rank's unreadable image stops every process
+        with the same one-line error instead of leaving the others waiting in the gather until gloo/NCCL
+        times out."""
+        if self.world_size == 1:
+            return
+        messages: List[Optional[str]] = []
+        dist.all_gather_object(messages, message)
+        failed = [(rank, text) for rank, text in enumerate(messages) if text]
+        if failed and message is None:
+            raise DataError(f"{failed[0][1]} (read by process {failed[0][0]})")
 
     def _gather(self, rows: paddle.Tensor) -> np.ndarray:
         """Every rank's rows, concatenated, on the host; ranks hold equally many samples (padded sampler)."""
