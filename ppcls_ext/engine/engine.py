@@ -22,7 +22,7 @@ from ..models.deploy import deploy_form
 from ..weights import load_pretrained, load_weights
 from .checkpoint import load_training_checkpoint, portable_optimizer_state, restore_optimizer_state, save_checkpoint
 from .ema import ModelEMA
-from .export import deploy_transforms, export_inference_model, inference_config
+from .export import EXPORT_FORMATS, deploy_transforms, export_inference_model, inference_config
 from .log import AverageMeter, ScalarWriter, epoch_line, init_logger, logger, train_line
 from .losses import build_loss
 from .metrics import build_metric
@@ -34,7 +34,8 @@ from .progressive import KNOBS, apply_stage, build_schedule
 MODES = ("train", "eval", "infer", "export")
 GLOBAL_KEYS = {"checkpoints", "pretrained_model", "output_dir", "device", "seed", "save_interval", "eval_during_train",
                "eval_interval", "epochs", "print_batch_step", "use_visualdl", "image_shape", "save_inference_dir",
-               "update_freq", "infer_add_softmax", "train_mode", "progressive", "export_deploy_form"}
+               "update_freq", "infer_add_softmax", "train_mode", "progressive", "export_deploy_form",
+               "export_format"}
 # PaddleClas keys accepted in upstream configs but without effect here (logged)
 IGNORED_GLOBAL_KEYS = {"to_static": "dygraph training is used", "use_dali": "DALI is not supported; paddle.io is used",
                        "use_multilabel": "multi-label training is not supported", "profiler_options": "no profiler"}
@@ -140,7 +141,7 @@ class Engine:
         self.update_freq = max(1, int(self.glob.get("update_freq", 1)))
         self.train_loader = build_dataloader(self.config, "Train", self.class_num, seeder=self.seeder)
         self.train_ops, self.batch_ops = train_pipeline(self.train_loader)
-        self.progressive = build_schedule(self.glob, self.model_name, self.train_ops, self.epochs)
+        self.progressive = build_schedule(self.glob, self.model_name, self.train_ops, self.epochs, self.model)
         if self.progressive is not None:  # fail at start-up, not in a later stage, if an operator is missing
             apply_stage(self.progressive.at(self.epochs), self.train_ops, self.batch_ops, self.model)
         self.iters_per_epoch = len(self.train_loader)
@@ -422,8 +423,12 @@ class Engine:
         softmax = bool(self.glob.get("infer_add_softmax", True))
         description = inference_config(self.model_name, deploy_transforms(self._infer_transforms()), post.topk, names,
                                        image_shape, softmax)
+        export_format = str(self.glob.get("export_format", "pir"))
+        if export_format not in EXPORT_FORMATS:
+            raise ConfigError(f"Global.export_format: must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}")
         folded = bool(self.glob.get("export_deploy_form", True))
         model = deploy_form(self.model) if folded else self.model
-        path = export_inference_model(model, save_dir, description, softmax=softmax)
-        logger.info("exported %s to %s%s", self.model_name, path, " (deploy form: batch norms folded)" if folded else "")
+        path = export_inference_model(model, save_dir, description, softmax=softmax, export_format=export_format)
+        logger.info("exported %s to %s (%s format)%s", self.model_name, path, export_format,
+                    " (deploy form: batch norms folded)" if folded else "")
         return path
