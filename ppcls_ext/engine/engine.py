@@ -415,6 +415,9 @@ class Engine:
 
     def export(self) -> str:
         """tools/export_model.py: Paddle Inference model + inference.yml into Global.save_inference_dir."""
+        export_format = str(self.glob.get("export_format", "pir"))
+        if export_format not in EXPORT_FORMATS:
+            raise ConfigError(f"Global.export_format: must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}")
         save_dir = self.glob.get("save_inference_dir", "./inference")
         post = self._postprocess()
         names = [post.label_names.get(i, str(i)) for i in range(self.class_num)] if post.label_names else None
@@ -423,9 +426,6 @@ class Engine:
         softmax = bool(self.glob.get("infer_add_softmax", True))
         description = inference_config(self.model_name, deploy_transforms(self._infer_transforms()), post.topk, names,
                                        image_shape, softmax)
-        export_format = str(self.glob.get("export_format", "pir"))
-        if export_format not in EXPORT_FORMATS:
-            raise ConfigError(f"Global.export_format: must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}")
         folded = bool(self.glob.get("export_deploy_form", True))
         model = deploy_form(self.model) if folded else self.model
         path = export_inference_model(model, save_dir, description, softmax=softmax, export_format=export_format)
