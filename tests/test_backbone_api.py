@@ -127,7 +127,7 @@ def test_a_stopped_backbone_exports_its_stop_layer_output(export_format, x, tmp_
     model, reference = model_pair("EfficientNetV2_B0")
     model.stop_after("stages[4]")
     export_inference_model(model, str(tmp_path / "export"), {"Global": {}}, softmax=False, export_format=export_format)
-    predicted = PaddlePredictor(str(tmp_path / "export"), InferenceOptions(cpu_threads=2)).run(x.numpy())
+    predicted = PaddlePredictor(str(tmp_path / "export"), InferenceOptions(cpu_threads=2, enable_mkldnn=False)).run(x.numpy())
     np.testing.assert_allclose(predicted, reference.forward_stages(x, [16])[0].numpy(), rtol=1e-4, atol=1e-5)
 
 
@@ -165,3 +165,15 @@ def test_per_stage_dropout_sits_where_paddleclas_ramps_it():
         ppcls_ext.create_model("MicroNet_M0", dropout=[0.1, 1.5])
     with pytest.raises(ValueError, match="an empty list"):
         ppcls_ext.create_model("MicroNet_M0", dropout=[])
+
+
+def test_our_tools_refuse_return_patterns_in_a_config():
+    """A model returning PaddleClas's result dict cannot be trained by our tools: a clear config error, not a
+    traceback from the loss."""
+    from ppcls_ext.config import ConfigError
+    from ppcls_ext.engine.engine import build_model
+
+    with pytest.raises(ConfigError, match="Arch.return_stages: the model would return a dict of features"):
+        build_model({"name": "MicroNet_M0", "return_stages": True})
+    assert isinstance(build_model({"name": "MicroNet_M0", "stop_after": "stages[6]", "freeze_befor": "stages[2]"}),
+                      ppcls_ext.ImageClassifier)

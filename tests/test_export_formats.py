@@ -33,7 +33,7 @@ def test_both_formats_give_the_dygraph_outputs_in_our_predictor(name, tmp_path):
         directory = str(tmp_path / export_format)
         export_inference_model(deploy_form(model), directory, {"Global": {}}, export_format=export_format)
         assert set(os.listdir(directory)) == files
-        predicted = PaddlePredictor(directory, InferenceOptions(cpu_threads=2)).run(x)
+        predicted = PaddlePredictor(directory, InferenceOptions(cpu_threads=2, enable_mkldnn=False)).run(x)
         np.testing.assert_allclose(predicted, expected, rtol=1e-4, atol=1e-6)
     assert paddle.framework.use_pir_api()  # the legacy format was switched on for the save only
 

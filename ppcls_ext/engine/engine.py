@@ -48,6 +48,10 @@ def build_model(arch: Dict[str, Any]) -> paddle.nn.Layer:
     options.pop("use_sync_bn", None)
     if name is None:
         raise ConfigError("missing 'Arch.name' (e.g. MicroNet_M3)")
+    returned = [key for key in ("return_patterns", "return_stages") if options.get(key)]
+    if returned:
+        raise ConfigError(f"Arch.{returned[0]}: the model would return a dict of features, which these tools do not "
+                          f"train or evaluate; use it from Python (model.update_res) or in PaddleClas's own tools")
     try:
         return registry.create_model(name, **registry.paddleclas_arch_options(name, options))
     except registry.UnknownModelError as error:
