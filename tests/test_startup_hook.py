@@ -23,12 +23,12 @@ def site_dir(tmp_path_factory):
     return str(folder)
 
 
-def run_python(code, site=None, env=None, pythonpath=()):
+def run_python(code, site=None, env=None, pythonpath=(), flags=()):
     """Run `code` in a fresh interpreter, with `site` processed as a site-packages folder first; returns the
     JSON printed after RESULT, and stderr."""
     prologue = f"import site; site.addsitedir({site!r})\n" if site else ""
     environ = dict(os.environ, PYTHONPATH=os.pathsep.join([*pythonpath, REPO]), **(env or {}))
-    proc = subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(code)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, *flags, "-c", prologue + textwrap.dedent(code)], capture_output=True, text=True,
                           env=environ, timeout=300, cwd=tempfile.gettempdir())  # not the checkout: "" leads sys.path
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
@@ -41,9 +41,10 @@ print("RESULT" + json.dumps(sorted(sys.modules)))
 """
 
 
-def test_the_startup_file_loads_the_hook_and_nothing_heavy(site_dir):
-    with_hook, _ = run_python(MODULES_AFTER_STARTUP, site=site_dir)
-    without, _ = run_python(MODULES_AFTER_STARTUP, site=os.path.dirname(site_dir))  # an empty site folder
+def test_the_startup_file_loads_the_hook_and_nothing_heavy(site_dir, tmp_path):
+    """-S: this environment's own site-packages (which may hold the hook already) stay out of the comparison."""
+    with_hook, _ = run_python(MODULES_AFTER_STARTUP, site=site_dir, flags=["-S"])
+    without, _ = run_python(MODULES_AFTER_STARTUP, site=str(tmp_path), flags=["-S"])  # an empty site folder
     assert set(with_hook) - set(without) == {"ppcls_ext_hook"}
 
 
@@ -149,9 +150,10 @@ def test_module_command_writes_and_removes_the_startup_file(tmp_path, monkeypatc
 
 
 def test_the_startup_line_survives_an_uninstalled_hook(tmp_path):
-    """After `pip uninstall`, a left-over .pth (editable set-up) must not print errors at every start-up."""
+    """After `pip uninstall`, a left-over .pth (editable set-up) must not print errors at every start-up. (-S and no
+    PYTHONPATH: nothing can import ppcls_ext_hook.)"""
     (tmp_path / ppcls_ext_hook.PTH_NAME).write_text(ppcls_ext_hook.PTH_LINE)
-    proc = subprocess.run([sys.executable, "-c", f"import site; site.addsitedir({str(tmp_path)!r}); print('ok')"],
+    proc = subprocess.run([sys.executable, "-S", "-c", f"import site; site.addsitedir({str(tmp_path)!r}); print('ok')"],
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=""), cwd=str(tmp_path), timeout=60)
     assert proc.stdout.strip() == "ok" and proc.stderr == ""
 

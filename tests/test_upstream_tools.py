@@ -8,6 +8,7 @@ temporary folder. Several tool runs share one interpreter (tests/upstream_runner
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -150,6 +151,7 @@ def test_every_shipped_config_trains_one_tiny_epoch_with_paddleclas_train_py(tin
             assert result["model"].startswith("ppcls_ext.models."), (path, result)
             assert (tmp_path / Path(path).stem / "latest.pdparams").is_file(), path
     assert sum(": ppcls_ext.models." in line for line in output.splitlines()) == len(SUBSTITUTES)
+    shutil.rmtree(tmp_path)  # ~5 GB of checkpoints
 
 
 def test_paddleclas_progressive_trainer_runs_efficientnetv2_s_across_a_stage_boundary(tiny_data, startup_site, tmp_path):
