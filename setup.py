@@ -4,14 +4,41 @@ Paddle itself: the CPU build `paddlepaddle` by default. GPU users install `paddl
 select it with PPCLS_EXT_PADDLE (e.g. PPCLS_EXT_PADDLE=paddlepaddle-gpu pip install .), or set
 PPCLS_EXT_PADDLE= (empty) to leave the Paddle installation alone.
 """
+import ast
 import os
 import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "ppcls_ext" / "__init__.py").read_text()).group(1)
+HOOK = "ppcls_ext_hook"
+
+
+def _hook_constant(name):
+    """A string constant of ppcls_ext_hook.py, read without importing it."""
+    for node in ast.parse((HERE / f"{HOOK}.py").read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError(f"{HOOK}.py defines no {name}")
+
+
+class BuildWithStartupHook(build_py):
+    """Also writes ppcls_ext_hook.pth at the top of the build, so that wheels (and `pip install .`) put it in
+    site-packages, where Python runs it at start-up: PaddleClas's own tools then find our models with no
+    user code (see ppcls_ext_hook). Editable installs skip it: `python -m ppcls_ext_hook install`."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, _hook_constant("PTH_NAME"))
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(_hook_constant("PTH_LINE"))
+
+    def get_outputs(self, include_bytecode=1):
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, _hook_constant("PTH_NAME"))]
+
 PADDLE = os.environ.get("PPCLS_EXT_PADDLE", "paddlepaddle>=3.0")
 
 setup(
@@ -21,6 +48,8 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["ppcls_ext", "ppcls_ext.*"]),
+    py_modules=[HOOK],
+    cmdclass={"build_py": BuildWithStartupHook},
     python_requires=">=3.8",
     install_requires=[r for r in [
         PADDLE,

@@ -2,6 +2,8 @@
 
 Importing the package registers every model with PaddleClas's `build_model` (see `paddleclas_plugin`)
 and, before Paddle is loaded, applies the CPU settings of `cpu_env` (`PPCLS_EXT_CPU_TUNING=0`: off).
+Installed, the start-up hook `ppcls_ext_hook` imports it on PaddleClas's first import, so that PaddleClas's
+own tools need no code (`PPCLS_EXT_AUTOLOAD=0`: off).
 """
 from . import cpu_env
 

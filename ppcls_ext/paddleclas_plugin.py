@@ -3,23 +3,29 @@
 PaddleClas's `build_model(config)` looks `Arch.name` up as an attribute of its `arch` module (and
 `RecModel` evaluates backbone names in that module's namespace), so registering means setting every zoo
 name on `arch` and `arch.backbone` - for the wheel layout (`paddleclas.ppcls.arch`) and a source checkout
-(`ppcls.arch`). Modules already imported are patched at once; later imports are patched by an import hook
-as soon as they finish executing, so `import ppcls_ext` stays cheap (it never imports PaddleClas).
+(`ppcls.arch`). Likewise the learning-rate schedules our configs use that PaddleClas lacks (`Exponential`)
+go into its `optimizer.learning_rate`. Modules already imported are patched at once; later imports are
+patched by `ppcls_ext_hook`'s import hook as soon as they finish executing, so `import ppcls_ext` stays
+cheap (it never imports PaddleClas).
 """
 from __future__ import annotations
 
-import importlib.abc
-import sys
+import importlib
 from types import ModuleType
 from typing import Callable
 
 import paddle
 import paddle.nn as nn
+from paddle.optimizer.lr import LRScheduler
+
+from ppcls_ext_hook import when_imported
 
 from .registry import create_model, list_models, paddleclas_arch_options
 
-ARCH_MODULES = ("paddleclas.ppcls.arch", "ppcls.arch")
-TARGET_MODULES = ARCH_MODULES + tuple(f"{name}.backbone" for name in ARCH_MODULES)
+#: PaddleClas's layouts: the wheel (`paddleclas.ppcls`) and a source checkout (`ppcls`)
+PACKAGES = ("paddleclas.ppcls", "ppcls")
+ARCH_MODULES = tuple(f"{package}.arch" for package in PACKAGES)
+LR_MODULES = tuple(f"{package}.optimizer.learning_rate" for package in PACKAGES)
 #: the variants PaddleClas has its own class for -> their module under paddleclas.ppcls.arch.backbone.model_zoo
 PADDLECLAS_MODULES = {
     **{f"MicroNet_M{i}": "micronet" for i in range(4)},
@@ -53,49 +59,44 @@ def paddleclas_builder(name: str) -> Callable[..., nn.Layer]:
 
 
 def register_models(module: ModuleType) -> None:
-    """Set every zoo model name on `module`, replacing PaddleClas's own classes of the same name."""
+    """Set every zoo model name on `module`, replacing PaddleClas's own classes of the same name. The names
+    come from the registry when the module is imported, so models added to the zoo later are included."""
     for name in list_models():
         setattr(module, name, paddleclas_builder(name))
 
 
-class _RegisteringLoader(importlib.abc.Loader):
-    """Delegates to the real loader and registers the models once the module has executed."""
+def paddleclas_schedule(name: str) -> Callable[..., LRScheduler]:
+    """Our learning-rate schedule `name` behind PaddleClas's calling convention: `build_lr_scheduler` calls
+    it with the `Optimizer.lr` keys plus `epochs` and `step_each_epoch`, and steps the result every
+    iteration, or once per epoch when it has `by_epoch` set (then our schedule counts epochs)."""
 
-    def __init__(self, loader: importlib.abc.Loader):
-        self._loader = loader
+    def build(epochs: int, step_each_epoch: int, **lr_config) -> LRScheduler:
+        from .engine.optim import build_lr_schedule
 
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
+        by_epoch = bool(lr_config.get("by_epoch", False))
+        schedule = build_lr_schedule({"name": name, **lr_config}, int(epochs), 1 if by_epoch else int(step_each_epoch))
+        schedule.by_epoch = by_epoch
+        return schedule
 
-    def exec_module(self, module: ModuleType) -> None:
-        self._loader.exec_module(module)
-        register_models(module)
-
-    def __getattr__(self, name: str):
-        return getattr(self._loader, name)
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"ppcls_ext's {name} learning-rate schedule; see ppcls_ext.engine.optim.build_lr_schedule."
+    return build
 
 
-class _RegisterOnImport(importlib.abc.MetaPathFinder):
-    """Finds PaddleClas's arch modules through the other finders and wraps their loader."""
+def register_schedules(module: ModuleType) -> None:
+    """Add to PaddleClas's `optimizer.learning_rate` module the schedules our configs use that it lacks
+    (its own schedules of the same name are kept)."""
+    from .engine.optim import SCHEDULES
 
-    def find_spec(self, fullname, path, target=None):
-        if fullname not in TARGET_MODULES:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _RegisteringLoader(spec.loader)
-                return spec
-        return None
+    for name in SCHEDULES:
+        if not hasattr(module, name) or getattr(getattr(module, name), "__module__", None) == __name__:
+            setattr(module, name, paddleclas_schedule(name))
 
 
 def install() -> None:
     """Register into the PaddleClas modules imported so far and into those imported later (idempotent)."""
-    for name in TARGET_MODULES:
-        if name in sys.modules:
-            register_models(sys.modules[name])
-    if not any(isinstance(finder, _RegisterOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _RegisterOnImport())
+    for name in ARCH_MODULES:
+        when_imported(name, register_models)
+        when_imported(f"{name}.backbone", register_models)
+    for name in LR_MODULES:
+        when_imported(name, register_schedules)

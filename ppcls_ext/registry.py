@@ -175,6 +175,9 @@ def with_source_numerics(name: str, options: Mapping[str, object], source: Sourc
         logger.info("%s was trained with %s: %s is built with them", source.label, source.numerics.describe(), name)
     return {**wanted, **options}
 
+#: PaddleClas's backbone keywords, accepted for every family
+BACKBONE_OPTIONS = ("return_patterns", "return_stages", "stop_after", "freeze_befor")
+
 
 def create_model(
     name: str,
@@ -200,17 +203,28 @@ def create_model(
         `ImageClassifier.data_format`).
     source_numerics: the numerics of weights loaded after building, which replace `pretrained`'s (the
         engine's `Global.pretrained_model` and `Global.checkpoints`, see `weights.read_starting_weights`).
-    options: per family - dropout (all); drop_path_rate, padding ("same" / "symmetric") and bn_epsilon
-        (EfficientNets).
+    options: per family - dropout (all; a list gives one rate per progressive-learning stage, as
+        PaddleClas's EfficientNetV2_S); drop_path_rate, padding ("same" / "symmetric") and bn_epsilon
+        (EfficientNets); and PaddleClas's backbone keywords for every family: return_patterns,
+        return_stages, stop_after, freeze_befor (see `ImageClassifier.init_net`).
     """
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
     config = get_model_config(name)
     family = _FAMILIES[config.family]
+    backbone = {key: options.pop(key) for key in BACKBONE_OPTIONS if key in options}
+    if backbone and features_only:
+        raise ValueError(f"features_only cannot be combined with {', '.join(backbone)}: choose one way to take features")
+    stage_dropout = options.pop("dropout") if isinstance(options.get("dropout"), (list, tuple)) else None
+    if stage_dropout is not None:
+        if not stage_dropout:
+            raise ValueError("dropout: an empty list; give one rate per progressive-learning stage")
+        options["dropout"] = float(stage_dropout[0])
     unknown = sorted(set(options) - family.options)
     if unknown:
         raise TypeError(f"{name} got unexpected option(s) {unknown}; accepted: class_num, pretrained, "
-                        f"features_only, out_strides, data_format, {', '.join(sorted(family.options))}")
+                        f"features_only, out_strides, data_format, {', '.join(sorted(family.options))}, "
+                        f"{', '.join(BACKBONE_OPTIONS)}")
     if not isinstance(class_num, int) or isinstance(class_num, bool) or class_num < 0:
         raise ValueError(f"class_num must be a non-negative integer, got {class_num!r}")
     options.setdefault("dropout", config.dropout)
@@ -225,6 +239,10 @@ def create_model(
         model = family.build(config.variant, class_num=class_num, **options)
     if weights is not None:
         load_weights_file(model, weights)
+    if stage_dropout is not None:
+        model.set_stage_dropout(stage_dropout)
+    if backbone:
+        model.init_net(**backbone)
     return FeatureExtractor(model, out_strides) if features_only else model
 
 

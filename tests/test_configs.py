@@ -250,3 +250,29 @@ def test_an_upstream_style_efficientnetv2_config_trains_with_small_images(digits
     assert "[Progressive] stage 1/2 from epoch 1: image_size 32, magnitude 5, mixup_alpha 0, cutmix_alpha 0, dropout 0.1" in engine_log.text
     assert "[Progressive] stage 2/2 from epoch 2: image_size 64, magnitude 15" in engine_log.text
     assert os.path.isfile(tmp_path / "out" / "EfficientNetV2_S" / "latest.pdparams")
+
+
+PROGRESSIVE = [path for path in CONFIGS if (load_config(path).get("Global") or {}).get("train_mode") == "progressive"]
+
+
+@pytest.mark.parametrize("path", PROGRESSIVE, ids=os.path.basename)
+def test_paddleclas_progressive_lists_agree_with_global_progressive(path):
+    """PaddleClas's progressive trainer reads per-stage values from RandCropImage.progress_size (transform 1),
+    RandAugmentV2.progress_magnitude (transform 3) and the model's dropout list (Arch.dropout), for its fixed
+    4 stages; ours from Global.progressive. A shipped config must say the same in both places."""
+    config = load_config(path)
+    ops = section(config, "DataLoader.Train.dataset.transform_ops")
+    assert list(ops[1]) == ["RandCropImage"] and list(ops[3]) == ["RandAugmentV2"]  # PaddleClas finds them by position
+    theirs = {"image_size": ops[1]["RandCropImage"]["progress_size"], "magnitude": ops[3]["RandAugmentV2"]["progress_magnitude"],
+              "dropout": section(config, "Arch.dropout")}
+    without_lists = [{name: {k: v for k, v in args.items() if not k.startswith("progress_")}} for op in ops for name, args in op.items()]
+    epochs = section(config, "Global.epochs")
+    ours = build_schedule(section(config, "Global"), section(config, "Arch.name"), build_transforms(without_lists, "train"), epochs)
+    assert ours.stages == 4
+    for knob, values in theirs.items():
+        assert len(values) == 4 and ours.values[knob] == pytest.approx(values, abs=1e-6), knob
+    with_lists = build_schedule(section(config, "Global"), section(config, "Arch.name"), build_transforms(ops, "train"), epochs,
+                                ppcls_ext.create_model("MicroNet_M0", dropout=theirs["dropout"]))
+    assert set(with_lists.values) == set(ours.values)
+    for knob, values in ours.values.items():
+        assert with_lists.values[knob] == pytest.approx(values, abs=1e-6), knob

@@ -150,18 +150,18 @@ def test_predict_cls_tool_prints_results_and_json(exports, tmp_path):
     assert missing.returncode == 2 and "holds no Paddle inference model" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_paddleclas_wheel_predictor_runs_our_export_and_agrees(exports, tmp_path):
-    """PaddleClas 2.6's deploy/python/predict_cls.py, run as is. Its Predictor always calls
-    Config.enable_memory_optim, which Paddle 3 rejects for every PIR export (PaddlePaddle/Paddle#75496,
-    PaddleClas's own exports included); a sitecustomize shim turns only that call into a no-op."""
+def test_paddleclas_wheel_predictor_runs_our_legacy_export_and_agrees(exports, tmp_path):
+    """PaddleClas 2.6's deploy/python/predict_cls.py, run as is, on our Global.export_format=legacy export. Its
+    Predictor always calls Config.enable_memory_optim, which Paddle 3 rejects for PIR programs
+    (PaddlePaddle/Paddle#75496), and opens Config(model_dir, "inference"), which reads inference.pdmodel only
+    under FLAGS_enable_pir_api=0."""
     import paddleclas
 
-    directory, model = exports["EfficientNetB0"]
+    _, model = exports["EfficientNetB0"]
+    directory = str(tmp_path / "legacy")
+    export_inference_model(model, directory, inference_config("EfficientNetB0", [{"ResizeImage": {"size": [64, 64]}}] + NORMALIZE,
+                                                             3, None, [3, 64, 64], True), export_format="legacy")
     folder = _digit_images(tmp_path)
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text("import paddle.inference\n"
-                                           "paddle.inference.Config.enable_memory_optim = lambda self, *args: None\n")
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"{i} c{i}\n" for i in range(10)))
     deploy = os.path.join(os.path.dirname(paddleclas.__file__), "deploy")
@@ -173,7 +173,7 @@ def test_paddleclas_wheel_predictor_runs_our_export_and_agrees(exports, tmp_path
     (tmp_path / "theirs.yaml").write_text(yaml.safe_dump(their_config))
     proc = subprocess.run([sys.executable, os.path.join(deploy, "python", "predict_cls.py"), "-c", str(tmp_path / "theirs.yaml")],
                           capture_output=True, text=True, timeout=300, cwd=deploy,
-                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(shim), REPO])))
+                          env=dict(os.environ, PYTHONPATH=REPO, FLAGS_enable_pir_api="0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("img2.png:"))
     their_ids = [int(v) for v in line.split("class id(s): [")[1].split("]")[0].split(",")]

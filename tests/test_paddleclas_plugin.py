@@ -87,3 +87,35 @@ def test_paddleclas_loader_puts_official_layout_weights_into_our_model(tmp_path)
     symmetric = build_model({"Arch": {"name": "EfficientNetB0", "padding_type": "DYNAMIC"}})
     weight = symmetric.stem.conv.weight
     np.testing.assert_allclose(symmetric.stem.conv(x).numpy(), F.conv2d(x, weight, stride=2, padding=1).numpy(), atol=1e-5)
+
+
+def test_schedules_paddleclas_lacks_are_added_to_its_learning_rate_module():
+    """PaddleClas's build_lr_scheduler calls getattr(learning_rate, name)(epochs=, step_each_epoch=, **Optimizer.lr)
+    and steps the result every iteration (once per epoch when it has by_epoch set). Our configs' Exponential
+    (x gamma every decay_epochs, after a linear warmup) is added; PaddleClas's own schedules are kept."""
+    import types
+
+    from ppcls_ext.paddleclas_plugin import register_schedules
+
+    module = types.ModuleType("learning_rate")
+    module.Cosine = own = object()
+    register_schedules(module)
+    assert module.Cosine is own and callable(module.Exponential)
+    config = {"learning_rate": 0.1, "gamma": 0.5, "decay_epochs": 1.5, "warmup_epoch": 1}
+    per_step = module.Exponential(epochs=6, step_each_epoch=4, **config)
+    assert per_step.by_epoch is False
+    values = []
+    for _ in range(16):
+        values.append(per_step.get_lr())
+        per_step.step()
+    # warmup 0 -> 0.1 over 4 steps, then 0.1 * 0.5 ** floor((t - 4) / 6)
+    expected = [0.1 * t / 4 for t in range(4)] + [0.1 * 0.5 ** ((t - 4) // 6) for t in range(4, 16)]
+    np.testing.assert_allclose(values, expected, rtol=1e-12)
+    per_epoch = module.Exponential(epochs=6, step_each_epoch=4, by_epoch=True, **config)
+    values = []
+    for _ in range(5):
+        values.append(per_epoch.get_lr())
+        per_epoch.step()
+    assert per_epoch.by_epoch is True
+    # counted in epochs: warmup epoch 0, then 0.1 * 0.5 ** floor((epoch - 1) / 1.5)
+    np.testing.assert_allclose(values, [0.0, 0.1, 0.1, 0.05, 0.025], rtol=1e-12)

@@ -25,7 +25,7 @@ from ..weights import SourceNumerics, load_weights, load_weights_file, numerics_
 from .checkpoint import (cast_to_model_dtypes, load_checkpoint, portable_optimizer_state, recover_checkpoints,
                          restore_optimizer_state, save_checkpoint)
 from .ema import ModelEMA
-from .export import deploy_transforms, export_inference_model, inference_config
+from .export import EXPORT_FORMATS, deploy_transforms, export_inference_model, inference_config
 from .log import AverageMeter, ScalarWriter, epoch_line, init_logger, logger, train_line
 from .losses import build_loss
 from .metrics import RunningMeans, build_metric
@@ -39,7 +39,7 @@ MODES = ("train", "eval", "infer", "export")
 GLOBAL_KEYS = {"checkpoints", "pretrained_model", "output_dir", "device", "seed", "save_interval", "eval_during_train",
                "eval_interval", "epochs", "print_batch_step", "use_visualdl", "image_shape", "save_inference_dir",
                "update_freq", "infer_add_softmax", "train_mode", "progressive", "export_deploy_form",
-               "nonfinite_loss_patience"}
+               "nonfinite_loss_patience", "export_format"}
 # PaddleClas keys accepted in upstream configs but without effect here (logged)
 IGNORED_GLOBAL_KEYS = {"to_static": "dygraph training is used", "use_dali": "DALI is not supported; paddle.io is used",
                        "use_multilabel": "multi-label training is not supported", "profiler_options": "no profiler"}
@@ -73,6 +73,10 @@ def build_model(arch: Dict[str, Any], source_numerics: Optional[SourceNumerics] 
     options.pop("use_sync_bn", None)
     if name is None:
         raise ConfigError("missing 'Arch.name' (e.g. MicroNet_M3)")
+    returned = [key for key in ("return_patterns", "return_stages") if options.get(key)]
+    if returned:
+        raise ConfigError(f"Arch.{returned[0]}: the model would return a dict of features, which these tools do not "
+                          f"train or evaluate; use it from Python (model.update_res) or in PaddleClas's own tools")
     try:
         options = registry.paddleclas_arch_options(name, options)
         return registry.create_model(name, source_numerics=source_numerics, **options)
@@ -193,7 +197,7 @@ class Engine:
         self.update_freq = max(1, int(self.glob.get("update_freq", 1)))
         self.train_loader = build_dataloader(self.config, "Train", self.class_num, seeder=self.seeder)
         self.train_ops, self.batch_ops = train_pipeline(self.train_loader)
-        self.progressive = build_schedule(self.glob, self.model_name, self.train_ops, self.epochs)
+        self.progressive = build_schedule(self.glob, self.model_name, self.train_ops, self.epochs, self.model)
         if self.progressive is not None:  # fail at start-up, not in a later stage, if an operator is missing
             apply_stage(self.progressive.at(self.epochs), self.train_ops, self.batch_ops, self.model)
         self.iters_per_epoch = len(self.train_loader)
@@ -614,6 +618,9 @@ class Engine:
 
     def export(self) -> str:
         """tools/export_model.py: Paddle Inference model + inference.yml into Global.save_inference_dir."""
+        export_format = str(self.glob.get("export_format", "pir"))
+        if export_format not in EXPORT_FORMATS:
+            raise ConfigError(f"Global.export_format: must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}")
         save_dir = self.glob.get("save_inference_dir", "./inference")
         post = self._postprocess()
         names = [post.label_names.get(i, str(i)) for i in range(self.class_num)] if post.label_names else None
@@ -624,6 +631,7 @@ class Engine:
                                        image_shape, softmax)
         folded = bool(self.glob.get("export_deploy_form", True))
         model = deploy_form(self.model) if folded else self.model
-        path = export_inference_model(model, save_dir, description, softmax=softmax)
-        logger.info("exported %s to %s%s", self.model_name, path, " (deploy form: batch norms folded)" if folded else "")
+        path = export_inference_model(model, save_dir, description, softmax=softmax, export_format=export_format)
+        logger.info("exported %s to %s (%s format)%s", self.model_name, path, export_format,
+                    " (deploy form: batch norms folded)" if folded else "")
         return path

@@ -1,9 +1,15 @@
 """Export to Paddle Inference: the model (dynamic batch and image size, softmax appended unless
 disabled) plus `inference.yml`, which records the preprocessing and post-processing to deploy it with.
 The export is built in a temporary directory and moved into place only when complete, so an existing
-export is never replaced by a partial one."""
+export is never replaced by a partial one.
+
+Two program formats: "pir" (Paddle 3's `inference.json`, the default) and "legacy" (`inference.pdmodel`,
+Paddle 2's), which PaddleClas's own `deploy/python/predict_cls.py` can serve under Paddle 3 (it calls
+`Config.enable_memory_optim`, which Paddle 3 rejects for PIR programs). Paddle switches to the legacy
+format in-process with `paddle.pir_utils.DygraphOldIrGuard` (`paddle.set_flags` alone does not)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -17,6 +23,8 @@ from ..config import dump_yaml, single_entry
 
 MODEL_FILES = ("inference.pdiparams",)
 GRAPH_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
+#: Global.export_format -> the program file it writes
+EXPORT_FORMATS = {"pir": "inference.json", "legacy": "inference.pdmodel"}
 
 
 class _Exported(nn.Layer):
@@ -71,8 +79,18 @@ def inference_config(model_name: str, transforms: List[Dict[str, Any]], topk: in
     }
 
 
-def export_inference_model(model: nn.Layer, save_dir: str, description: Dict[str, Any], softmax: bool = True) -> str:
-    """Write `save_dir/inference.{json|pdmodel,pdiparams,yml}` atomically; returns `save_dir`."""
+def _program_format(export_format: str):
+    """The context to convert and save in: Paddle's default (PIR), or its legacy program format."""
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}")
+    return paddle.pir_utils.DygraphOldIrGuard() if export_format == "legacy" else contextlib.nullcontext()
+
+
+def export_inference_model(model: nn.Layer, save_dir: str, description: Dict[str, Any], softmax: bool = True,
+                           export_format: str = "pir") -> str:
+    """Write `save_dir/inference.{json|pdmodel,pdiparams,yml}` atomically; returns `save_dir`.
+    `export_format`: "pir" (inference.json) or "legacy" (inference.pdmodel, for PaddleClas's predictor)."""
+    program_format = _program_format(export_format)
     save_dir = os.path.abspath(save_dir)
     parent = os.path.dirname(save_dir)
     os.makedirs(parent, exist_ok=True)
@@ -80,16 +98,17 @@ def export_inference_model(model: nn.Layer, save_dir: str, description: Dict[str
     shutil.rmtree(staging, ignore_errors=True)
     try:
         model.eval()
-        static = paddle.jit.to_static(_Exported(model, softmax), full_graph=True,
-                                      input_spec=[InputSpec([None, 3, None, None], "float32", name="x")])
-        paddle.jit.save(static, os.path.join(staging, "inference"))
-        description = {**description, "Global": {**description.get("Global", {}),
+        with program_format:
+            static = paddle.jit.to_static(_Exported(model, softmax), full_graph=True,
+                                          input_spec=[InputSpec([None, 3, None, None], "float32", name="x")])
+            paddle.jit.save(static, os.path.join(staging, "inference"))
+        description = {**description, "Global": {**description.get("Global", {}), "export_format": export_format,
                                                   "data_format": getattr(model, "data_format", "NCHW")}}
         with open(os.path.join(staging, "inference.yml"), "w", encoding="utf-8") as f:
             f.write(dump_yaml(description))
-        if not any(os.path.isfile(os.path.join(staging, name)) for name in GRAPH_FILES) or not os.path.isfile(
+        if not os.path.isfile(os.path.join(staging, EXPORT_FORMATS[export_format])) or not os.path.isfile(
                 os.path.join(staging, MODEL_FILES[0])):
-            raise RuntimeError(f"paddle.jit.save wrote no inference model into {staging}")
+            raise RuntimeError(f"paddle.jit.save wrote no {export_format} inference model into {staging}")
         _replace_dir(staging, save_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

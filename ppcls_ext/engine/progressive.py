@@ -16,6 +16,7 @@ import paddle.nn as nn
 from ..config import ConfigError
 from ..data.batch_ops import CutmixOperator, MixupOperator
 from ..data.transforms import RandAugment, RandCropImage
+from ..models.base import stage_dropout_rates
 
 logger = logging.getLogger("ppcls_ext")
 
@@ -99,12 +100,14 @@ class ProgressiveSchedule:
                            value["mixup_alpha"], value["cutmix_alpha"], value["dropout"])
 
 
-def build_schedule(glob: Mapping[str, Any], model_name: str, train_ops, epochs: int) -> Optional[ProgressiveSchedule]:
+def build_schedule(glob: Mapping[str, Any], model_name: str, train_ops, epochs: int,
+                   model: Optional[nn.Layer] = None) -> Optional[ProgressiveSchedule]:
     """The schedule of `Global.train_mode: progressive` (or PaddleClas's `efficientnetv2`), None otherwise.
 
-    Values, per knob, from: `Global.progressive.<knob>` ([start, end] or per stage), else PaddleClas's
-    `RandCropImage.progress_size` / `RandAugmentV2.progress_magnitude` lists, else the preset
-    (`Global.progressive.preset`, default: the model's, S/M/L from the paper's Table 6).
+    Values, per knob, from: `Global.progressive.<knob>` ([start, end] or per stage), else where PaddleClas's
+    progressive trainer reads them - `RandCropImage.progress_size`, `RandAugmentV2.progress_magnitude`,
+    the model's per-stage dropout (`Arch.dropout` as a list) - else the preset (`Global.progressive.preset`,
+    default: the model's, S/M/L from the paper's Table 6).
     """
     if glob.get("train_mode") not in TRAIN_MODES:
         return None
@@ -119,6 +122,9 @@ def build_schedule(glob: Mapping[str, Any], model_name: str, train_ops, epochs: 
     for op in train_ops.find(RandAugment):
         if getattr(op, "progress_magnitude", None):
             values["magnitude"] = op.progress_magnitude
+    rates = stage_dropout_rates(model) if model is not None else None
+    if rates:
+        values["dropout"] = rates
     stages = section.pop("stages", None)
     values.update(section)
     if not values:

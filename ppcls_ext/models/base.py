@@ -1,10 +1,12 @@
-"""What every model in the zoo shares: stem -> stages -> head, multi-scale features, and loading
-checkpoints written by PaddleClas's own classes (whose parameter names differ from ours)."""
+"""What every model in the zoo shares: stem -> stages -> head, multi-scale features, PaddleClas's
+backbone API (`stop_after`, `update_res`, ...), and loading checkpoints written by PaddleClas's own
+classes (whose parameter names differ from ours)."""
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import paddle
 import paddle.nn as nn
@@ -74,11 +76,203 @@ def run_stages(x: paddle.Tensor, stem: nn.Layer, stages: Sequence[nn.Layer], tap
     return [outputs[index] for index in taps]
 
 
+#: the tensor names of the leaf layers a key map pairs (conv, linear, batch norm)
+_LEAF_TENSORS = ("weight", "bias", "_mean", "_variance")
+
+
 def _nchw_to_nhwc(layer: nn.Layer, inputs: Tuple[paddle.Tensor, ...]) -> Tuple[paddle.Tensor, ...]:
     return (paddle.transpose(inputs[0], [0, 2, 3, 1]),) + tuple(inputs[1:])
 
 
-class ImageClassifier(nn.Layer):
+# --- PaddleClas's backbone API (its TheseusLayer), generic over the families -----------------------------
+
+_PATTERN_PART = re.compile(r"([A-Za-z_]\w*|\d+)((?:\[\d+\])*)")
+
+
+def resolve_layer_pattern(root: nn.Layer, pattern: str) -> List[Tuple[nn.Layer, str]]:
+    """The (parent, child name) steps from `root` down to the layer a PaddleClas pattern names: names
+    joined by dots, list items by `[i]` (`stages[2][0].dw`) or by Paddle's own names (`stages.2.0.dw`).
+    An unknown name is an error naming what exists there (PaddleClas only logs a warning and goes on)."""
+    steps: List[Tuple[nn.Layer, str]] = []
+    parent = root
+    for part in str(pattern).split("."):
+        match = _PATTERN_PART.fullmatch(part)
+        if match is None:
+            raise ValueError(f"layer pattern {pattern!r}: cannot read {part!r}; write names joined by dots, "
+                             f"list items as [i], e.g. 'stages[2]' or 'stages[5][0].dw'")
+        for name in [match.group(1)] + re.findall(r"\[(\d+)\]", match.group(2)):
+            children = dict(parent.named_children())
+            if name not in children:
+                where = ".".join(n for _, n in steps) or type(root).__name__
+                raise ValueError(f"{type(root).__name__} has no layer {pattern!r}: {where} has no {name!r}; "
+                                 f"it has {', '.join(children) or 'no sub-layers'}")
+            steps.append((parent, name))
+            parent = children[name]
+    return steps
+
+
+def _layer_at(steps: Sequence[Tuple[nn.Layer, str]]) -> nn.Layer:
+    parent, name = steps[-1]
+    return getattr(parent, name)
+
+
+def _tap_hook(layer: nn.Layer, inputs: Any, output: Any) -> Any:
+    """Forward post-hook of a tapped layer: cuts the gradient (freeze_befor) and records the output under
+    its keys in the model's sink. The state lives in attributes, so deep copies (EMA) keep working."""
+    if layer._tap_detach:
+        output = output.detach()
+    for key in layer._tap_keys:
+        layer._tap_sink[key] = output
+    return output
+
+
+def _model_output_hook(model: "ImageClassifier", inputs: Any, output: Any) -> Any:
+    """Forward post-hook of the model: the stop layer's output instead of the model's (stop_after), then
+    PaddleClas's result dict {"logits": ..., pattern: ...} when return patterns are set (update_res)."""
+    sink = model._tap_sink
+    if model._stop_pattern is not None:
+        output = sink.pop(_STOP_KEY)
+    if not model._return_patterns:
+        sink.clear()
+        return output
+    result = {"logits": output}
+    for pattern in model._return_patterns:
+        result[pattern] = sink.pop(pattern)
+    sink.clear()
+    return result
+
+
+_STOP_KEY = "\0stop_after"
+
+
+class Head(nn.Layer):
+    """Where PaddleClas's progressive trainer ramps dropout: on every sub-layer whose class is named `Head`
+    it sets `_dropout.p = dropout_rate[stage]`. Holds the model's classifier dropout and its per-stage rates
+    (ours reads the same list); it computes nothing itself."""
+
+    def __init__(self, dropout: nn.Dropout, rates: Sequence[float]):
+        super().__init__()
+        self._dropout = dropout
+        self.dropout_rate = [float(rate) for rate in rates]
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self._dropout(x)
+
+
+class PaddleClasBackbone:
+    """PaddleClas's backbone API (its `TheseusLayer`: what `RecModel`, `BackboneStopLayer` and users of
+    intermediate features call), on a model with `stages` and `feature_info`. Same semantics as PaddleClas,
+    except that a pattern naming no layer is an error instead of a warning."""
+
+    _tap_sink: Dict[str, paddle.Tensor]
+    _stop_pattern: Optional[str] = None
+    _return_patterns: Tuple[str, ...] = ()
+
+    @property
+    def stages_pattern(self) -> List[str]:
+        """The pattern of each multi-scale output (one per stride, as `feature_info`), for `return_stages`."""
+        return [f"stages[{item.stage}]" for item in self.feature_info]
+
+    def _ensure_output_hook(self) -> None:
+        if "_tap_sink" not in self.__dict__:
+            self._tap_sink = {}
+            self.register_forward_post_hook(_model_output_hook)
+
+    def _tap(self, layer: nn.Layer, key: Optional[str] = None, detach: bool = False) -> None:
+        self._ensure_output_hook()
+        if "_tap_keys" not in layer.__dict__:
+            layer._tap_keys, layer._tap_detach, layer._tap_sink = [], False, self._tap_sink
+            layer.register_forward_post_hook(_tap_hook)
+        if key is not None and key not in layer._tap_keys:
+            layer._tap_keys.append(key)
+        layer._tap_detach = layer._tap_detach or detach
+
+    def stop_after(self, stop_layer_name: str) -> bool:
+        """Stop forward (and backward) after the named layer: every layer after it, at each level of its
+        path, becomes an Identity (their parameters are dropped, as PaddleClas does), and the model returns
+        that layer's output. Residual additions around it are switched off, as their output is discarded."""
+        steps = resolve_layer_pattern(self, stop_layer_name)
+        for parent, name in steps:
+            following = False
+            for child_name, _ in list(parent.named_children()):
+                if following:
+                    setattr(parent, child_name, nn.Identity())
+                following = following or child_name == name
+            if parent is not self and getattr(parent, "has_residual", False):
+                parent.has_residual = False
+        self._tap(_layer_at(steps), _STOP_KEY)
+        self._stop_pattern = stop_layer_name
+        return True
+
+    def update_res(self, return_patterns: Union[str, Sequence[str]]) -> List[str]:
+        """Also return the outputs of the named layers: the model then returns PaddleClas's dict
+        {"logits": output, pattern: that layer's output, ...}. Replaces earlier patterns; returns them."""
+        patterns = [return_patterns] if isinstance(return_patterns, str) else list(return_patterns)
+        layers = [_layer_at(resolve_layer_pattern(self, pattern)) for pattern in patterns]
+        for layer in self.sublayers():
+            if "_tap_keys" in layer.__dict__:
+                layer._tap_keys[:] = [key for key in layer._tap_keys if key == _STOP_KEY]
+        for pattern, layer in zip(patterns, layers):
+            self._tap(layer, pattern)
+        self._return_patterns = tuple(patterns)
+        return patterns
+
+    def freeze_befor(self, layer_name: str) -> bool:
+        """Stop gradients at the named layer's output: it and every layer before it stay frozen
+        (PaddleClas's spelling). Parameter names are unchanged (PaddleClas wraps the layer instead)."""
+        self._tap(_layer_at(resolve_layer_pattern(self, layer_name)), detach=True)
+        return True
+
+    def upgrade_sublayer(self, layer_name_pattern: Union[str, Sequence[str]],
+                         handle_func: Callable[[nn.Layer, str], nn.Layer]) -> List[str]:
+        """Replace each named layer by `handle_func(layer, pattern)`; returns the patterns replaced."""
+        patterns = [layer_name_pattern] if isinstance(layer_name_pattern, str) else list(layer_name_pattern)
+        for pattern in patterns:
+            steps = resolve_layer_pattern(self, pattern)
+            parent, name = steps[-1]
+            setattr(parent, name, handle_func(getattr(parent, name), pattern))
+        return patterns
+
+    def init_net(self, return_patterns: Optional[Sequence[str]] = None,
+                 return_stages: Union[None, bool, int, Sequence[int]] = None,
+                 freeze_befor: Optional[str] = None, stop_after: Optional[str] = None) -> None:
+        """PaddleClas's backbone keywords (Arch keys): `return_stages` (True, an index or indices into
+        `stages_pattern`) takes precedence over `return_patterns`, as in PaddleClas."""
+        if return_stages is not None and return_stages is not False:
+            if return_stages is True:
+                indices = list(range(len(self.stages_pattern)))
+            else:
+                indices = [return_stages] if isinstance(return_stages, int) else list(return_stages)
+            bad = [i for i in indices if not 0 <= i < len(self.stages_pattern)]
+            if bad:
+                raise ValueError(f"return_stages {bad} out of range; stages_pattern is {self.stages_pattern}")
+            return_patterns = [self.stages_pattern[i] for i in indices]
+        if return_patterns:
+            self.update_res(return_patterns)
+        if freeze_befor is not None:
+            self.freeze_befor(freeze_befor)
+        if stop_after is not None:
+            self.stop_after(stop_after)
+
+    def set_stage_dropout(self, rates: Sequence[float]) -> None:
+        """Per-stage classifier dropout for progressive learning (PaddleClas's list-valued `dropout_rate`):
+        starts at the first rate; a sub-layer `Head` carries the list to PaddleClas's trainer and ours."""
+        rates = [float(rate) for rate in rates]
+        if not rates or not all(0.0 <= rate < 1.0 for rate in rates):
+            raise ValueError(f"dropout: per-stage rates must be in [0, 1), got {rates}")
+        self.dropout.p = rates[0]
+        self.stage_dropout = Head(self.dropout, rates)
+
+
+def stage_dropout_rates(model: nn.Layer) -> Optional[List[float]]:
+    """The per-stage dropout rates a model carries for progressive learning (see `Head`), if any."""
+    for layer in model.sublayers(include_self=True):
+        if type(layer).__name__ == "Head" and hasattr(layer, "dropout_rate") and hasattr(layer, "_dropout"):
+            return list(layer.dropout_rate)
+    return None
+
+
+class ImageClassifier(PaddleClasBackbone, nn.Layer):
     """Base class of the zoo. Subclasses create `stem`, `stages` (a LayerList) and their head, call
     `_set_stage_layout` once `stem` exists, and implement `forward_features`, `forward_head` and `paddleclas_key_map`."""
 
@@ -138,7 +332,10 @@ class ImageClassifier(nn.Layer):
                 if key.startswith(ours_prefix + ".") and "." not in key[len(ours_prefix) + 1 :]:
                     mapping[theirs_prefix + key[len(ours_prefix) :]] = key
                     found = True
-            if not found:
+            if not found and any(f"{ours_prefix}.".startswith(p) for p in self.classifier_prefixes):
+                # no classifier (class_num=0): name their head's tensors as ours, for the loader to skip
+                mapping.update({f"{theirs_prefix}.{leaf}": f"{ours_prefix}.{leaf}" for leaf in _LEAF_TENSORS})
+            elif not found:
                 raise KeyError(f"{type(self).__name__} has no module {ours_prefix!r} (mapped from {theirs_prefix!r})")
         return mapping
 

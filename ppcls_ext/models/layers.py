@@ -61,6 +61,36 @@ def global_avg_pool() -> nn.AdaptiveAvgPool2D:
     return nn.AdaptiveAvgPool2D(1, data_format=build_format())
 
 
+def _legacy_program_op(op_type: str, inputs: dict, like: paddle.Tensor, attrs: Optional[dict] = None) -> paddle.Tensor:
+    """Record `op_type` in a legacy (pre-PIR) static program, for `export_format: legacy`: Paddle 3.3.1's
+    `F.sigmoid` and `paddle.maximum` accept only dygraph tensors and PIR values. LayerHelper is the only
+    way Paddle offers to append a legacy operator."""
+    from paddle.base.layer_helper import LayerHelper
+
+    helper = LayerHelper(op_type)
+    out = helper.create_variable_for_type_inference(like.dtype)
+    helper.append_op(type=op_type, inputs=inputs, outputs={"Out": out}, attrs=attrs or {})
+    return out
+
+
+def _recording_legacy_program() -> bool:
+    return not paddle.in_dynamic_mode() and not paddle.framework.use_pir_api()
+
+
+def sigmoid(x: paddle.Tensor) -> paddle.Tensor:
+    """F.sigmoid, also while a legacy program is recorded."""
+    if _recording_legacy_program():
+        return _legacy_program_op("sigmoid", {"X": x}, x)
+    return F.sigmoid(x)
+
+
+def maximum(x: paddle.Tensor, y: paddle.Tensor) -> paddle.Tensor:
+    """paddle.maximum (element-wise, broadcasting), also while a legacy program is recorded."""
+    if _recording_legacy_program():
+        return _legacy_program_op("elementwise_max", {"X": x, "Y": y}, x, {"axis": -1})
+    return paddle.maximum(x, y)
+
+
 def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None, guard: bool = True) -> int:
     """Round `value` to the nearest multiple of `divisor`, never below `min_value` (default: `divisor`).
 
@@ -143,7 +173,7 @@ class SqueezeExcite(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         scale = self.expand(self.act(self.reduce(self.pool(x))))
-        return x * F.sigmoid(scale)
+        return x * sigmoid(scale)
 
 
 class DropPath(nn.Layer):

@@ -19,7 +19,7 @@ import paddle.nn.functional as F
 
 from .base import ImageClassifier, initialize_once
 from .deploy import fold_linear_bn
-from .layers import ConvBNAct, channel_axis, global_avg_pool, make_divisible
+from .layers import ConvBNAct, channel_axis, global_avg_pool, make_divisible, maximum
 
 
 # --- layers -----------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ class MaxGroupPooling(nn.Layer):
         if channels % k:
             raise ValueError(f"MaxGroupPooling: {channels} channels are not a multiple of {k}")
         pick = (lambda j: x[:, j::k]) if self.channel_axis == 1 else (lambda j: x[..., j::k])
-        return functools.reduce(paddle.maximum, [pick(j) for j in range(k)])
+        return functools.reduce(maximum, [pick(j) for j in range(k)])
 
 
 class GroupConv(ConvBNAct):
@@ -193,7 +193,7 @@ class DYShiftMax(nn.Layer):
         shifted = paddle.index_select(x, self.shift, axis=self.channel_axis)
         out = x * coeffs[0] + shifted * coeffs[1]
         if self.branches == 2:
-            out = paddle.maximum(out, x * coeffs[2] + shifted * coeffs[3])
+            out = maximum(out, x * coeffs[2] + shifted * coeffs[3])
         return out
 
 
@@ -419,7 +419,8 @@ class MicroNet(ImageClassifier):
         self.pool = global_avg_pool()
         self.embed = SwishLinear(channels, spec.head_channels)
         self.dropout = nn.Dropout(spec.dropout if dropout is None else dropout)
-        self.classifier = SwishLinear(spec.head_channels, class_num)
+        # class_num=0: no classifier, the model returns the pooled, embedded features (head_channels wide)
+        self.classifier = SwishLinear(spec.head_channels, class_num) if class_num else nn.Identity()
         self.apply(_init_weights)
 
     def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
