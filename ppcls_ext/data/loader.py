@@ -12,6 +12,8 @@ from paddle.io.dataloader.collate import default_collate_fn
 from ..config import ConfigError, build_from_registry, section
 from .batch_ops import build_batch_ops
 from .dataset import ImageNetDataset, IndexedDataset
+from .device_normalize import ATTRIBUTE as DEVICE_NORMALIZE
+from .device_normalize import split_normalization
 from .transforms import build_transforms
 
 DATASETS = {"ImageNetDataset": ImageNetDataset}
@@ -106,17 +108,23 @@ def build_dataloader(
     if sampler_cfg:
         raise ConfigError(f"{where}.sampler: unknown key(s) {sorted(sampler_cfg)}; known: name, batch_size, shuffle, drop_last")
     loader_cfg = dict(cfg.get("loader") or {})
+    normalizer = None
+    if loader_cfg.get("normalize_on_device"):  # uint8 batches; the loop normalises them (see device_normalize)
+        dataset.transform, normalizer = split_normalization(dataset.transform, f"{where}.dataset.transform_ops")
     num_workers = int(loader_cfg.get("num_workers", 0))
     if num_workers == 0:
-        return InlineLoader(source, sampler, _Collate(batch_ops))
-    return DataLoader(
-        source,
-        batch_sampler=sampler,
-        num_workers=num_workers,
-        use_shared_memory=bool(loader_cfg.get("use_shared_memory", True)) and num_workers > 0,
-        collate_fn=_Collate(batch_ops),
-        worker_init_fn=seeder,
-    )
+        loader = InlineLoader(source, sampler, _Collate(batch_ops))
+    else:
+        loader = DataLoader(
+            source,
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            use_shared_memory=bool(loader_cfg.get("use_shared_memory", True)) and num_workers > 0,
+            collate_fn=_Collate(batch_ops),
+            worker_init_fn=seeder,
+        )
+    setattr(loader, DEVICE_NORMALIZE, normalizer)
+    return loader
 
 
 def train_pipeline(loader):

@@ -16,6 +16,7 @@ import paddle.distributed as dist
 
 from .. import cpu_env, registry
 from ..config import ConfigError, section
+from ..data.device_normalize import batch_normalizer
 from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
@@ -253,6 +254,7 @@ class Engine:
         total = self.iters_per_epoch
         tic = time.time()
         for iteration, (images, labels) in enumerate(self.train_loader):
+            images = batch_normalizer(self.train_loader)(images)  # loader.normalize_on_device: uint8 batches
             if iteration == 5:
                 for meter in times.values():
                     meter.reset()
@@ -333,6 +335,7 @@ class Engine:
         times = {"batch_cost": AverageMeter(), "reader_cost": AverageMeter()}
         tic = time.time()
         for iteration, (images, labels, index) in enumerate(self.eval_loader):
+            images = batch_normalizer(self.eval_loader)(images)
             times["reader_cost"].update(time.time() - tic)
             with self._autocast(bool((self.config.get("AMP") or {}).get("use_fp16_test", False))):
                 logits = net(images).astype("float32")
