@@ -61,8 +61,8 @@ class _Family:
 
 _FAMILIES: Dict[str, _Family] = {
     "MicroNet": _Family(micronet, frozenset({"dropout"})),
-    "EfficientNet": _Family(efficientnet_variant, frozenset({"dropout", "drop_path_rate", "padding"})),
-    "EfficientNetV2": _Family(efficientnet_v2, frozenset({"dropout", "drop_path_rate", "padding"})),
+    "EfficientNet": _Family(efficientnet_variant, frozenset({"dropout", "drop_path_rate", "padding", "recompute"})),
+    "EfficientNetV2": _Family(efficientnet_v2, frozenset({"dropout", "drop_path_rate", "padding", "recompute"})),
 }
 
 # Top-1 (%) on ImageNet-1k reported by the papers / official repositories. B8 is AdvProp's and L2 Noisy
@@ -152,7 +152,8 @@ def create_model(
     features_only: return a `FeatureExtractor` giving the stage outputs at `out_strides` instead.
     data_format: "NCHW", or "NHWC" to compute channels-last (inputs stay NCHW; see
         `ImageClassifier.to_channels_last`).
-    options: per family - dropout (all), drop_path_rate and padding ("same" / "symmetric", EfficientNets).
+    options: per family - dropout (all), drop_path_rate, padding ("same" / "symmetric") and recompute (True
+        or a list of stage indices: activation recomputation in training), EfficientNets.
     """
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")

@@ -18,6 +18,7 @@ import paddle.nn as nn
 
 from .base import ImageClassifier, initialize_once
 from .layers import ConvBNAct, DropPath, PaddingMode, SqueezeExcite, make_divisible, round_repeats
+from .recompute import RecomputeOption, recompute_stages, run_recomputed
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ class EfficientNet(ImageClassifier):
 
     `stages` are already scaled; drop-path rate grows linearly with the global block index
     (drop_path_rate * index / number_of_blocks, as in the official code). `class_num=0` drops the
-    classifier: the model then returns pooled features.
+    classifier: the model then returns pooled features. `recompute` (True, or a list of stage indices)
+    recomputes those stages' block activations in the backward pass instead of keeping them (training
+    only; see `recompute.py`).
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class EfficientNet(ImageClassifier):
         padding: PaddingMode = "same",
         bn_momentum: float = 0.99,
         bn_epsilon: float = 1e-3,
+        recompute: RecomputeOption = False,
     ):
         super().__init__()
         conv = partial(ConvBNAct, padding=padding, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
@@ -131,6 +135,7 @@ class EfficientNet(ImageClassifier):
                 channels, index = spec.out_channels, index + 1
             stage_layers.append(nn.Sequential(*blocks))
         self.stages = nn.LayerList(stage_layers)
+        self.recompute_stages = recompute_stages(recompute, len(stage_layers))
         self._set_stage_layout(2, [s.stride for s in stages], [s.out_channels for s in stages])
         self.head = conv(channels, head_channels, 1)
         self.pool = nn.AdaptiveAvgPool2D(1)
@@ -141,8 +146,8 @@ class EfficientNet(ImageClassifier):
 
     def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
         x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
+        for index, stage in enumerate(self.stages):
+            x = run_recomputed(stage, x) if self.training and index in self.recompute_stages else stage(x)
         return self.head(x)
 
     def forward_head(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -242,6 +247,7 @@ def efficientnet(
     dropout: float = 0.2,
     drop_path_rate: float = 0.2,
     padding: PaddingMode = "same",
+    recompute: RecomputeOption = False,
 ) -> EfficientNet:
     """An EfficientNet scaled from B0 by explicit width/depth multipliers or, given `phi`, by compound
     scaling (which then overrides width and depth; see `compound_scaling` for its resolution)."""
@@ -259,6 +265,7 @@ def efficientnet(
         dropout=dropout,
         drop_path_rate=drop_path_rate,
         padding=padding,
+        recompute=recompute,
     )
 
 
