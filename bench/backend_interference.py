@@ -9,9 +9,10 @@ Runtime session of the same export and measures, alternating the conditions ever
 - ONNX Runtime's latency in a tight loop, right after a Paddle call (how the old interleaved benchmark
   and `backend: auto` measured it), and 0.25 s after a Paddle call (`ppcls_ext.timing.SETTLE_SECONDS`).
 
-The child runs once with the default environment and once with KMP_BLOCKTIME=0 (Intel OpenMP reads it
-when Paddle's first parallel region starts); ONNX Runtime alone in its own worker process is the
-reference ("alone"). Linux only (per-thread CPU time from /proc).
+The child runs once with the runtimes' default spinning and once with `cpu_spin_wait: False` (our
+InferenceOptions: KMP_BLOCKTIME=0 for Paddle's Intel OpenMP, allow_spinning=0 for ONNX Runtime); ONNX
+Runtime alone in its own worker process (default spinning) is the reference ("alone"). Linux only
+(per-thread CPU time from /proc).
 
     python bench/backend_interference.py                        # MicroNet_M0, EfficientNetB0; ~2 min
     python bench/backend_interference.py --models EfficientNetB0 --onednn off --markdown output/interference.md
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import ppcls_ext  # first: applies the CPU settings before Paddle loads MKL
 from ppcls_ext.engine.export import export_inference_model, inference_config
@@ -34,42 +35,18 @@ from ppcls_ext.inference.options import InferenceOptions
 from ppcls_ext.inference.worker import BackendProcess, build_cpu_predictor, input_batch
 from ppcls_ext.models.deploy import deploy_form
 from ppcls_ext.report import markdown_table, publish
-from ppcls_ext.timing import SETTLE_SECONDS, alternate, median_ms, time_calls
+from ppcls_ext.timing import SETTLE_SECONDS, alternate, busiest_thread_after, median_ms, time_calls
 from ppcls_ext.weights import randomize_
 
 AFTER_CALL_WINDOW = 0.3
 CONDITIONS = ("tight loop", "right after a Paddle call", f"{SETTLE_SECONDS} s after a Paddle call")
 
 
-def thread_cpu_seconds() -> Dict[int, float]:
-    """CPU seconds (user + system) used so far by each thread of this process."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    usage = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        usage[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
-    return usage
-
-
-def busiest_thread_after(call) -> float:
-    """CPU seconds of the busiest thread other than this one in the AFTER_CALL_WINDOW after `call()`."""
-    call()
-    before = thread_cpu_seconds()
-    time.sleep(AFTER_CALL_WINDOW)
-    after = thread_cpu_seconds()
-    others = [after[t] - before.get(t, 0.0) for t in after if t != os.getpid()]  # the main thread has the pid's id
-    return max(others, default=0.0)
-
-
-def inner(model_dir: str, paddle_backend: str, threads: int, rounds: int, calls: int) -> dict:
-    """The in-process measurements (run in a child, so that its environment decides KMP_BLOCKTIME)."""
+def inner(model_dir: str, paddle_backend: str, threads: int, rounds: int, calls: int, spin_wait: bool) -> dict:
+    """The in-process measurements (run in a fresh child: KMP_BLOCKTIME is read when OpenMP starts)."""
     import statistics
 
-    options = InferenceOptions(cpu_threads=threads)
+    options = InferenceOptions(cpu_threads=threads, cpu_spin_wait=spin_wait)
     paddle_run = build_cpu_predictor(model_dir, paddle_backend, options).run
     ort_run = build_cpu_predictor(model_dir, "onnxruntime", options).run
     batch = input_batch((1, 3, 224, 224))
@@ -89,19 +66,17 @@ def inner(model_dir: str, paddle_backend: str, threads: int, rounds: int, calls:
     blocks = {CONDITIONS[0]: lambda: time_calls(ort_call, calls, 1), CONDITIONS[1]: after(0.0),
               CONDITIONS[2]: after(SETTLE_SECONDS)}
     samples = alternate(blocks, rounds, settle=SETTLE_SECONDS)
-    spin = {"paddle": statistics.median(busiest_thread_after(paddle_call) for _ in range(5)),
-            "onnxruntime": statistics.median(busiest_thread_after(ort_call) for _ in range(5))}
+    spin = {"paddle": statistics.median(busiest_thread_after(paddle_call, AFTER_CALL_WINDOW) for _ in range(5)),
+            "onnxruntime": statistics.median(busiest_thread_after(ort_call, AFTER_CALL_WINDOW) for _ in range(5))}
     return {"ort_ms": {name: median_ms(values) for name, values in samples.items()}, "spin_s": spin}
 
 
-def run_inner(model_dir: str, paddle_backend: str, args, blocktime: Optional[str]) -> dict:
-    env = dict(os.environ)
-    env.pop("KMP_BLOCKTIME", None)
-    if blocktime is not None:
-        env["KMP_BLOCKTIME"] = blocktime
+def run_inner(model_dir: str, paddle_backend: str, args, spin_wait: bool) -> dict:
+    env = {key: value for key, value in os.environ.items() if key not in ("KMP_BLOCKTIME", "OMP_WAIT_POLICY")}
     with tempfile.NamedTemporaryFile("r", suffix=".json") as result:
         command = [sys.executable, os.path.abspath(__file__), "--inner", model_dir, paddle_backend, result.name,
-                   "--threads", str(args.threads), "--rounds", str(args.rounds), "--calls", str(args.calls)]
+                   "--threads", str(args.threads), "--rounds", str(args.rounds), "--calls", str(args.calls),
+                   "--spin-wait", "1" if spin_wait else "0"]
         subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return json.load(result)
 
@@ -125,14 +100,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--calls", type=int, default=5, help="timed calls per condition and round")
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--inner", nargs=3, metavar=("MODEL_DIR", "PADDLE_BACKEND", "RESULT_JSON"), help=argparse.SUPPRESS)
+    parser.add_argument("--spin-wait", choices=("0", "1"), default="1", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner:
         model_dir, paddle_backend, result = args.inner
         with open(result, "w", encoding="utf-8") as f:
-            json.dump(inner(model_dir, paddle_backend, args.threads, args.rounds, args.calls), f)
+            json.dump(inner(model_dir, paddle_backend, args.threads, args.rounds, args.calls, args.spin_wait == "1"), f)
         return
     backends = {"on": ["paddle-cpu-onednn"], "off": ["paddle-cpu"], "both": ["paddle-cpu", "paddle-cpu-onednn"]}[args.onednn]
-    header = ["model", "Paddle backend", "KMP_BLOCKTIME", "busiest other thread, CPU s in the 0.3 s after a Paddle call",
+    header = ["model", "Paddle backend", "cpu_spin_wait", "busiest other thread, CPU s in the 0.3 s after a Paddle call",
               "same, after an ONNX Runtime call", "ONNX Runtime alone, ms"] + [f"ORT in-process, {c}, ms" for c in CONDITIONS]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,9 +117,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             with BackendProcess(model_dir, "onnxruntime", InferenceOptions(cpu_threads=args.threads)) as alone:
                 alone_ms = median_ms(alone.time((1, 3, 224, 224), args.rounds * args.calls, 3))
             for backend in backends:
-                for blocktime in (None, "0"):
-                    result = run_inner(model_dir, backend, args, blocktime)
-                    rows.append([name, backend, blocktime or "default (200)", f"{result['spin_s']['paddle']:.3f}",
+                for spin_wait in (True, False):
+                    result = run_inner(model_dir, backend, args, spin_wait)
+                    rows.append([name, backend, str(spin_wait), f"{result['spin_s']['paddle']:.3f}",
                                  f"{result['spin_s']['onnxruntime']:.3f}", f"{alone_ms:.2f}"]
                                 + [f"{result['ort_ms'][c]:.2f}" for c in CONDITIONS])
                     print(" | ".join(map(str, rows[-1])), flush=True)

@@ -8,7 +8,9 @@ that window is measured against a stranger's threads, not as it would be served.
 """
 from __future__ import annotations
 
+import os
 import statistics
+import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Sequence
 
@@ -63,3 +65,28 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
     if len(numerator) != len(denominator):
         return statistics.median(numerator) / statistics.median(denominator)
     return statistics.median(n / d for n, d in zip(numerator, denominator))
+
+
+def thread_cpu_seconds() -> Dict[int, float]:
+    """CPU seconds (user + system) used so far by each thread of this process (Linux: /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    usage = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        usage[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
+    return usage
+
+
+def busiest_thread_after(call: Callable[[], Any], window: float = 0.3) -> float:
+    """CPU seconds used in the `window` seconds after `call()` returns by the busiest thread other than the
+    calling one: what a runtime's worker threads keep burning (spinning) once a call is over."""
+    call()
+    before = thread_cpu_seconds()
+    time.sleep(window)
+    after = thread_cpu_seconds()
+    me = threading.get_native_id()
+    return max((after[t] - before.get(t, 0.0) for t in after if t != me), default=0.0)

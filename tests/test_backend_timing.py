@@ -13,7 +13,7 @@ import pytest
 import ppcls_ext
 from conftest import REPO
 from ppcls_ext.engine.export import export_inference_model, inference_config
-from ppcls_ext.inference import InferenceOptions, export_onnx
+from ppcls_ext.inference import InferenceOptions, export_onnx, options_from_config
 from ppcls_ext.inference import classifier as classifier_module
 from ppcls_ext.inference.worker import BackendProcess, input_batch
 from ppcls_ext.models.deploy import deploy_form
@@ -119,3 +119,36 @@ def test_alternate_flips_the_order_every_round_and_pairs_the_samples():
     assert percentile_ms([0.001, 0.002, 0.003, 0.004, 0.005], 90) == pytest.approx(4.6)
     assert len(time_calls(lambda: None, repeats=3, warmup=2)) == 3
     assert statistics.median(time_calls(lambda: sum(range(1000)), repeats=5)) > 0
+
+
+SPIN_PROBE = """
+import sys
+import numpy as np
+import ppcls_ext
+from ppcls_ext.inference import InferenceOptions
+from ppcls_ext.inference.worker import build_cpu_predictor
+from ppcls_ext.timing import busiest_thread_after
+model_dir, spin_wait = sys.argv[1], sys.argv[2] == "1"
+options = InferenceOptions(cpu_threads=2, cpu_spin_wait=spin_wait)
+x = np.zeros((1, 3, 224, 224), np.float32)
+for backend in ("paddle-cpu-onednn", "onnxruntime"):
+    predictor = build_cpu_predictor(model_dir, backend, options)
+    predictor.run(x)
+    print(backend, max(busiest_thread_after(lambda: predictor.run(x), 0.3) for _ in range(3)))
+"""
+
+
+def test_cpu_spin_wait_off_makes_the_worker_threads_sleep_after_a_call(deployed):
+    """With the runtimes' default, a worker thread burns ~0.2 s of CPU in the 0.3 s after a Paddle call
+    (KMP_BLOCKTIME, 200 ms); with `cpu_spin_wait: False` none does (each in a fresh process)."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("KMP_BLOCKTIME", None)
+    burnt = {}
+    for spin_wait in ("1", "0"):
+        out = subprocess.run([sys.executable, "-c", SPIN_PROBE, deployed["MicroNet_M0"], spin_wait], capture_output=True,
+                             text=True, env=env, check=True).stdout
+        burnt[spin_wait] = {backend: float(seconds) for backend, seconds in re.findall(r"^(\S+) (\S+)$", out, re.M)}
+    assert burnt["1"]["paddle-cpu-onednn"] >= 0.05, burnt  # the default spins (the condition the test removes)
+    assert burnt["0"] == {"paddle-cpu-onednn": 0.0, "onnxruntime": 0.0}, burnt
+    options = options_from_config({"cpu_spin_wait": False})
+    assert options.cpu_spin_wait is False and options_from_config({}).cpu_spin_wait is True

@@ -91,7 +91,7 @@ def create_predictor(model_dir: str, options: InferenceOptions, image_shape: Seq
     if options.backend == "onnxruntime":
         if options.device != "cpu":
             raise DeploymentError("the ONNX Runtime backend here runs on CPU; use backend paddle for GPU")
-        return OnnxPredictor(model_dir, options.cpu_threads)
+        return OnnxPredictor(model_dir, options.cpu_threads, options.cpu_spin_wait)
     if options.backend == "auto" and options.device == "cpu":
         return fastest_backend(model_dir, options, (batch_size, *image_shape))
     trt = options.tensorrt

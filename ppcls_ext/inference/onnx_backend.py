@@ -64,16 +64,21 @@ def export_onnx(model_dir: str, opset: int = 13, force: bool = False) -> str:
 
 
 class OnnxPredictor:
-    """ONNX Runtime on CPU; `run(batch)` maps an NCHW float32 batch to the outputs."""
+    """ONNX Runtime on CPU; `run(batch)` maps an NCHW float32 batch to the outputs. `threads` intra-op
+    threads, operators run one at a time; `spin_wait`: the pool's threads spin after a call (ONNX
+    Runtime's default) or sleep at once (see InferenceOptions.cpu_spin_wait)."""
 
     name = "onnxruntime"
 
-    def __init__(self, model_dir: str, threads: Optional[int] = None):
+    def __init__(self, model_dir: str, threads: Optional[int] = None, spin_wait: bool = True):
         ort = _require("onnxruntime")
         path = export_onnx(model_dir)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])

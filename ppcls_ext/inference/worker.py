@@ -36,7 +36,7 @@ def build_cpu_predictor(model_dir: str, backend: str, options: Optional[Inferenc
 
     options = options or InferenceOptions()
     if backend == "onnxruntime":
-        return OnnxPredictor(model_dir, options.cpu_threads)
+        return OnnxPredictor(model_dir, options.cpu_threads, options.cpu_spin_wait)
     if backend in ("paddle-cpu", "paddle-cpu-onednn"):
         variant = dataclasses.replace(options, backend="paddle", device="cpu", tensorrt=None,
                                       enable_mkldnn=backend == "paddle-cpu-onednn")
