@@ -6,8 +6,10 @@ Runtime session of the same export and measures, alternating the conditions ever
 
 - CPU seconds used by each thread of the process in the 0.3 s after one call returns (Paddle's OpenMP
   workers spin for KMP_BLOCKTIME, 200 ms by default; ONNX Runtime's intra-op threads briefly);
-- ONNX Runtime's latency in a tight loop, right after a Paddle call (how the old interleaved benchmark
-  and `backend: auto` measured it), and 0.25 s after a Paddle call (`ppcls_ext.timing.SETTLE_SECONDS`).
+- ONNX Runtime's latency in a tight loop, right after a Paddle call (how the old deploy benchmark and
+  `backend: auto` measured it), right after a call of a second ONNX Runtime session of the same model
+  (how the old bench/vs_paddleclas.py interleaved PaddleClas's export and ours), and 0.25 s after a
+  Paddle call (`ppcls_ext.timing.SETTLE_SECONDS`; ONNX Runtime's threads have gone to sleep by then).
 
 The child runs once with the runtimes' default spinning and once with `cpu_spin_wait: False` (our
 InferenceOptions: KMP_BLOCKTIME=0 for Paddle's Intel OpenMP, allow_spinning=0 for ONNX Runtime); ONNX
@@ -39,7 +41,8 @@ from ppcls_ext.timing import SETTLE_SECONDS, alternate, busiest_thread_after, me
 from ppcls_ext.weights import randomize_
 
 AFTER_CALL_WINDOW = 0.3
-CONDITIONS = ("tight loop", "right after a Paddle call", f"{SETTLE_SECONDS} s after a Paddle call")
+CONDITIONS = ("tight loop", "right after a Paddle call", "right after another ORT session's call",
+              f"{SETTLE_SECONDS} s after a Paddle call")
 
 
 def inner(model_dir: str, paddle_backend: str, threads: int, rounds: int, calls: int, spin_wait: bool) -> dict:
@@ -49,22 +52,24 @@ def inner(model_dir: str, paddle_backend: str, threads: int, rounds: int, calls:
     options = InferenceOptions(cpu_threads=threads, cpu_spin_wait=spin_wait)
     paddle_run = build_cpu_predictor(model_dir, paddle_backend, options).run
     ort_run = build_cpu_predictor(model_dir, "onnxruntime", options).run
+    other_ort_run = build_cpu_predictor(model_dir, "onnxruntime", options).run
     batch = input_batch((1, 3, 224, 224))
-    paddle_call, ort_call = (lambda: paddle_run(batch)), (lambda: ort_run(batch))
-    time_calls(paddle_call, 0, 3), time_calls(ort_call, 0, 3)
+    paddle_call, ort_call, other_ort_call = (lambda: paddle_run(batch)), (lambda: ort_run(batch)), (lambda: other_ort_run(batch))
+    for call in (paddle_call, ort_call, other_ort_call):
+        time_calls(call, 0, 3)
 
-    def after(pause: float):
+    def after(previous, pause: float = 0.0):
         def block() -> List[float]:
             samples = []
             for _ in range(calls):
-                paddle_call()
+                previous()
                 time.sleep(pause)
                 samples += time_calls(ort_call, 1)
             return samples
         return block
 
-    blocks = {CONDITIONS[0]: lambda: time_calls(ort_call, calls, 1), CONDITIONS[1]: after(0.0),
-              CONDITIONS[2]: after(SETTLE_SECONDS)}
+    blocks = {CONDITIONS[0]: lambda: time_calls(ort_call, calls, 1), CONDITIONS[1]: after(paddle_call),
+              CONDITIONS[2]: after(other_ort_call), CONDITIONS[3]: after(paddle_call, SETTLE_SECONDS)}
     samples = alternate(blocks, rounds, settle=SETTLE_SECONDS)
     spin = {"paddle": statistics.median(busiest_thread_after(paddle_call, AFTER_CALL_WINDOW) for _ in range(5)),
             "onnxruntime": statistics.median(busiest_thread_after(ort_call, AFTER_CALL_WINDOW) for _ in range(5))}
@@ -125,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     print(" | ".join(map(str, rows[-1])), flush=True)
     notes = [f"{args.threads} threads per backend; ONNX Runtime latency at batch 1, 224 px: medians of {args.rounds} "
              f"rounds x {args.calls} calls, conditions alternating every round"]
-    publish("\n".join([markdown_table(header, rows, "lllrrrrrr"), ""] + [f"- {n}" for n in notes]), args.markdown)
+    publish("\n".join([markdown_table(header, rows, "lll" + "r" * (len(header) - 3)), ""] + [f"- {n}" for n in notes]), args.markdown)
 
 
 if __name__ == "__main__":
