@@ -16,7 +16,7 @@ InferenceOptions: KMP_BLOCKTIME=0 for Paddle's Intel OpenMP, allow_spinning=0 fo
 Runtime alone in its own worker process (default spinning) is the reference ("alone"). Linux only
 (per-thread CPU time from /proc).
 
-    python bench/backend_interference.py                        # MicroNet_M0, EfficientNetB0; ~2 min
+    python bench/backend_interference.py                        # MicroNet_M0, EfficientNetB0; ~3 min
     python bench/backend_interference.py --models EfficientNetB0 --onednn off --markdown output/interference.md
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ PaddleClas, and the cores a GPU consuming --gpu-rate images/s would need at that
 OpenCV runs one thread per worker (cv2.setNumThreads(1) before the workers start, for all contenders),
 as loader workers should on a machine whose cores they already fill.
 
-    python bench/input_pipeline.py                          # 200 images, 4 pipelines, 1 and 2 workers; ~6 min
+    python bench/input_pipeline.py                          # 200 images, 4 pipelines, 1 and 2 workers; ~1 min
     python bench/input_pipeline.py --pipelines MicroNet --workers 1 --rounds 3 --markdown output/pipeline.md
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ Each row gives both medians, the median of the per-repetition ratios ours / Padd
 is better; images/s: higher is better) and the largest logit difference between the two on that
 backend. The summary compares our fastest CPU path with ONNX Runtime on PaddleClas's export.
 
-    python bench/vs_paddleclas.py                                   # M0, M3, B0, V2-S; ~15 min on 2 cores
+    python bench/vs_paddleclas.py                                   # M0, M3, B0, V2-S; ~10 min on 2 cores
     python bench/vs_paddleclas.py --models MicroNet_M0 --repeats 10 --markdown output/bench.md
 """
 from __future__ import annotations
