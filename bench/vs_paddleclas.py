@@ -1,8 +1,11 @@
 """Ours vs PaddleClas's own classes on the same weights, side by side, in one run.
 
 For each model, PaddleClas's class gets realistic random weights and ours loads the same state dict;
-then, per measurement, the contenders run alternately (each repetition runs every contender once, in
-an order that flips every repetition, so machine noise hits them alike) and the median is reported:
+then, per measurement, the contenders run alternately (`ppcls_ext.timing.alternate`: each round runs
+every contender once, in an order that flips every round, so machine noise hits them alike) and the
+median is reported. Exports are served as deployed: each (contender, backend) by its own worker
+process, timed in blocks of back-to-back calls with a pause between blocks (in one process, Paddle's
+OpenMP threads keep spinning for 200 ms after a call and slow down whatever runs next):
 
 - dygraph: forward latency in eval mode;
 - train: images/s of a training step (forward, cross-entropy, backward, Momentum update);
@@ -15,16 +18,16 @@ Each row gives both medians, the median of the per-repetition ratios ours / Padd
 is better; images/s: higher is better) and the largest logit difference between the two on that
 backend. The summary compares our fastest CPU path with ONNX Runtime on PaddleClas's export.
 
-    python bench/vs_paddleclas.py                                   # M0, M3, B0, V2-S; ~15 min on 2 cores
+    python bench/vs_paddleclas.py                                   # M0, M3, B0, V2-S; ~10 min on 2 cores
     python bench/vs_paddleclas.py --models MicroNet_M0 --repeats 10 --markdown output/bench.md
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
-import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import ppcls_ext  # first: applies the CPU settings before Paddle loads MKL
@@ -33,34 +36,30 @@ import paddle
 import paddle.nn.functional as F
 from ppcls_ext.cpu_env import APPLIED as CPU_NOTES
 from ppcls_ext.engine.export import export_inference_model, inference_config
-from ppcls_ext.inference.onnx_backend import OnnxPredictor
 from ppcls_ext.inference.options import InferenceOptions
-from ppcls_ext.inference.paddle_backend import PaddlePredictor
+from ppcls_ext.inference.worker import BackendProcess, input_batch
 from ppcls_ext.models.deploy import deploy_form
 from ppcls_ext.paddleclas_plugin import paddleclas_original
 from ppcls_ext.report import markdown_table, publish
+from ppcls_ext.timing import SETTLE_SECONDS, alternate, paired_ratio, time_calls
 from ppcls_ext.weights import randomize_
 
 THEIRS, OURS, DEPLOY = "PaddleClas", "ours", "ours, deploy form"
 BACKENDS = ("paddle", "paddle-onednn", "onnxruntime")
+#: our benchmark's backend names -> the worker's
+WORKER_BACKENDS = {"paddle": "paddle-cpu", "paddle-onednn": "paddle-cpu-onednn", "onnxruntime": "onnxruntime"}
+#: timed calls per block of an exported model in its worker process
+CALLS_PER_BLOCK = 5
 #: inference sizes: each model's nominal size, except that PaddleClas pads every V2 variant for 384
 SIZES = {"EfficientNetV2_S": 384}
 
 
 def interleaved(runners: Dict[str, Callable[[], object]], repeats: int, warmup: int) -> Dict[str, List[float]]:
-    """Seconds per call of each runner, one sample per repetition; the runners run alternately (order
-    flipped every repetition), so the i-th samples of all runners were taken moments apart."""
-    names = list(runners)
-    for _ in range(warmup):
-        for name in names:
-            runners[name]()
-    samples: Dict[str, List[float]] = {name: [] for name in names}
-    for repetition in range(repeats):
-        for name in names if repetition % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            runners[name]()
-            samples[name].append(time.perf_counter() - start)
-    return samples
+    """Seconds per call of in-process runners of one runtime (dygraph Paddle), one call per round each,
+    alternating; one shared warm-up first."""
+    for run in runners.values():
+        time_calls(run, 0, warmup)
+    return alternate({name: (lambda run=run: time_calls(run, 1)) for name, run in runners.items()}, repeats)
 
 
 def same_weights(name: str, seed: int = 0):
@@ -92,12 +91,6 @@ def export(model: paddle.nn.Layer, name: str, directory: str, size: int) -> str:
     return export_inference_model(model, directory, description, softmax=False)
 
 
-def predictor(directory: str, backend: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    if backend == "onnxruntime":
-        return OnnxPredictor(directory, threads).run
-    return PaddlePredictor(directory, InferenceOptions(cpu_threads=threads, enable_mkldnn=backend == "paddle-onednn")).run
-
-
 class Table:
     HEADER = ["model", "measure", "batch", "size", "PaddleClas", "ours", "ours / PaddleClas", "max logit diff"]
 
@@ -110,10 +103,10 @@ class Table:
         median of the per-repetition ratios, which cancels drift of the machine's speed between them."""
         if images is None:
             values = [f"{statistics.median(side) * 1000:.2f}" for side in (theirs, ours)]
-            ratio = statistics.median(o / t for t, o in zip(theirs, ours))
+            ratio = paired_ratio(ours, theirs)
         else:
             values = [f"{images / statistics.median(side):.2f}" for side in (theirs, ours)]
-            ratio = statistics.median(t / o for t, o in zip(theirs, ours))
+            ratio = paired_ratio(theirs, ours)
         diff_text = "-" if diff is None else f"{diff:.1e}"
         self.rows.append([model, measure, batch, size, values[0], values[1], f"{ratio:.2f}", diff_text])
         print(self.markdown(self.rows[-1:]).splitlines()[-1], flush=True)
@@ -126,8 +119,7 @@ def bench_model(name: str, args, table: Table, summary: List[str]) -> None:
     size = SIZES.get(name, ppcls_ext.get_model_config(name).eval_size)
     theirs, ours = same_weights(name)
     rng = np.random.default_rng(0)
-    batch = rng.standard_normal((args.batch, 3, size, size)).astype("float32")
-    x = paddle.to_tensor(batch)
+    x = paddle.to_tensor(input_batch((args.batch, 3, size, size)))
     with paddle.no_grad():
         reference = {THEIRS: theirs(x).numpy(), OURS: ours(x).numpy()}
         times = interleaved({THEIRS: lambda: theirs(x), OURS: lambda: ours(x)}, args.repeats, args.warmup)
@@ -139,10 +131,19 @@ def bench_model(name: str, args, table: Table, summary: List[str]) -> None:
         dirs = {THEIRS: export(theirs, name, os.path.join(tmp, "theirs"), size),
                 OURS: export(ours, name, os.path.join(tmp, "ours"), size),
                 DEPLOY: export(deploy_form(ours), name, os.path.join(tmp, "deploy"), size)}
+        shape = (args.batch, 3, size, size)
+        calls = min(CALLS_PER_BLOCK, args.repeats)
+        rounds = max(1, math.ceil(args.repeats / calls))
         for backend in args.backends:
-            runs = {who: predictor(d, backend, args.threads) for who, d in dirs.items()}
-            outputs = {who: run(batch) for who, run in runs.items()}
-            times = interleaved({who: (lambda run=run: run(batch)) for who, run in runs.items()}, args.repeats, args.warmup)
+            options = InferenceOptions(cpu_threads=args.threads)
+            workers = {who: BackendProcess(d, WORKER_BACKENDS[backend], options) for who, d in dirs.items()}
+            try:
+                outputs = {who: worker.outputs(shape) for who, worker in workers.items()}
+                times = alternate({who: (lambda worker=worker: worker.time(shape, calls, args.warmup))
+                                   for who, worker in workers.items()}, rounds, settle=SETTLE_SECONDS)
+            finally:
+                for worker in workers.values():
+                    worker.close()
             for who in (OURS, DEPLOY):
                 table.add(name, f"{backend}, ms" + (" (deploy form)" if who == DEPLOY else ""), args.batch, size,
                           times[THEIRS], times[who], diff=float(np.abs(outputs[who] - outputs[THEIRS]).max()))
@@ -184,8 +185,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print("\n".join(table.markdown().splitlines()[:2]), flush=True)
     for name in args.models:
         bench_model(name, args, table, summary)
-    notes = [f"paddle {paddle.__version__}, {args.threads} threads; medians of {args.repeats} interleaved repetitions "
-             f"({max(5, args.repeats // 2)} for training); ratios are medians of the per-repetition ratios"]
+    notes = [f"paddle {paddle.__version__}, {args.threads} threads; medians of {args.repeats} calls (dygraph: one call "
+             f"per round, alternating; exports: each in its own worker process, blocks of {CALLS_PER_BLOCK} calls "
+             f"alternating with {SETTLE_SECONDS} s pauses); {max(5, args.repeats // 2)} steps for training; ratios are "
+             f"medians of the per-round ratios"]
     notes += CPU_NOTES
     print()
     publish("\n".join([table.markdown(), ""] + summary + [""] + [f"- {note}" for note in notes]), args.markdown)

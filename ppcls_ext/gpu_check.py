@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ import paddle
 
 from ppcls_ext.registry import create_model, get_model_config
 from ppcls_ext.report import markdown_table
+from ppcls_ext.timing import time_calls
 
 MODELS = ("MicroNet_M0", "EfficientNetB0")
 #: largest max |logit difference| / max |logit| accepted per inference setting (TensorRT fp32 may use TF32)
@@ -159,7 +161,6 @@ def inference_rows(name: str, model: paddle.nn.Layer, images: np.ndarray, workdi
                    variants: Sequence[Tuple[str, str, object]]) -> List[Row]:
     """Each (label, route, InferenceOptions) variant against the dygraph model's logits, and its median
     latency at the batch's size. Route "pir" serves the Paddle 3 export, "legacy" the inference.pdmodel one."""
-    from ppcls_ext.inference.classifier import median_latency
     from ppcls_ext.inference.paddle_backend import PaddlePredictor
 
     model.eval()
@@ -186,7 +187,7 @@ def inference_rows(name: str, model: paddle.nn.Layer, images: np.ndarray, workdi
             warmup = lambda: [images[:1], images]  # noqa: E731 (shape collection / calibration batches)
             predictor = PaddlePredictor(made[route], options, warmup)
             difference = relative_difference(predictor.run(images), expected)
-            latency = median_latency(predictor.run, images)
+            latency = statistics.median(time_calls(lambda: predictor.run(images), repeats=10, warmup=3))
         except Exception as error:  # one failing setting is reported, the others still run
             rows.append(Row(name, "inference", f"{label} ({route} export)",
                             "FAIL: " + (str(error).strip().splitlines() or [type(error).__name__])[-1][:160]))

@@ -69,7 +69,7 @@ class _Family:
     options: FrozenSet[str]  # keyword options a user may override besides class_num
 
 
-_EFFICIENTNET_OPTIONS = frozenset({"dropout", "drop_path_rate", "padding", "bn_epsilon"})
+_EFFICIENTNET_OPTIONS = frozenset({"dropout", "drop_path_rate", "padding", "bn_epsilon", "recompute"})
 _FAMILIES: Dict[str, _Family] = {
     "MicroNet": _Family(micronet, frozenset({"dropout"})),
     "EfficientNet": _Family(efficientnet_variant, _EFFICIENTNET_OPTIONS),
@@ -205,7 +205,8 @@ def create_model(
         engine's `Global.pretrained_model` and `Global.checkpoints`, see `weights.read_starting_weights`).
     options: per family - dropout (all; a list gives one rate per progressive-learning stage, as
         PaddleClas's EfficientNetV2_S); drop_path_rate, padding ("same" / "symmetric") and bn_epsilon
-        (EfficientNets); and PaddleClas's backbone keywords for every family: return_patterns,
+        (EfficientNets); recompute (EfficientNets: True or a list of stage indices, activation
+        recomputation in training); and PaddleClas's backbone keywords for every family: return_patterns,
         return_stages, stop_after, freeze_befor (see `ImageClassifier.init_net`).
     """
     if data_format not in DATA_FORMATS:

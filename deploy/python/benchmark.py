@@ -1,4 +1,5 @@
-"""Latency of each deployment backend for the given models, side by side, as a markdown table.
+"""Latency of each deployment backend for the given models, side by side, as a markdown table. Each CPU
+backend is served alone by its own worker process, as deployed (see ppcls_ext.inference.benchmark).
 
     python deploy/python/benchmark.py -m MicroNet_M0 -m EfficientNetB0 --batch-sizes 1,8
     python deploy/python/benchmark.py -m EfficientNetV2_S --size 384 --backends paddle-cpu-onednn,onnxruntime --markdown v2s.md
@@ -16,7 +17,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
     parser.add_argument("--size", type=int, help="image side (default: the model's eval size)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per backend (default 2)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per backend and batch size (default 20)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per backend and batch size, in blocks of 5 (default 20)")
     parser.add_argument("--weights", help="weights to load (default: random; latency does not depend on them)")
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args()

@@ -13,12 +13,14 @@ from paddle.io.dataloader.collate import default_collate_fn
 from ..config import ConfigError, build_from_registry, check_values, integer, section
 from .batch_ops import build_batch_ops
 from .dataset import DataError, FailedSample, ImageNetDataset, IndexedDataset
+from .device_normalize import ATTRIBUTE as DEVICE_NORMALIZE
+from .device_normalize import split_normalization
 from .transforms import build_transforms
 
 DATASETS = {"ImageNetDataset": ImageNetDataset}
 SAMPLERS = ("DistributedBatchSampler", "BatchSampler")
 #: PaddleClas's loader keys, and paddle.io.DataLoader's prefetch depth
-LOADER_KEYS = {"num_workers", "use_shared_memory", "prefetch_factor"}
+LOADER_KEYS = {"num_workers", "use_shared_memory", "prefetch_factor", "normalize_on_device"}
 logger = logging.getLogger("ppcls_ext")
 
 
@@ -162,23 +164,29 @@ def build_dataloader(
     if unknown:
         raise ConfigError(f"{where}.loader: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(LOADER_KEYS))}")
     check_values(loader_cfg, {"num_workers": integer(0), "prefetch_factor": integer(1)}, f"{where}.loader")
+    normalizer = None
+    if loader_cfg.get("normalize_on_device"):  # uint8 batches; the loop normalises them (see device_normalize)
+        dataset.transform, normalizer = split_normalization(dataset.transform, f"{where}.dataset.transform_ops")
     num_workers = loader_cfg.get("num_workers", 0)
     if num_workers == 0:
         if mode == "Train" and paddle.device.get_device().startswith("gpu"):
             logger.warning("%s.loader.num_workers is 0: batches are decoded in the training process and copied to the "
                            "GPU without prefetching; set num_workers (e.g. 8) to keep the GPU busy", where)
-        return InlineLoader(source, sampler, _Collate(batch_ops, where))
-    # on a GPU, paddle.io's buffered reader (use_buffer_reader, on by default) stages `prefetch_factor`
-    # batches per device in pinned memory (paddle.io's default in dygraph) and copies them asynchronously
-    return WorkerLoader(
-        source,
-        batch_sampler=sampler,
-        num_workers=num_workers,
-        use_shared_memory=bool(loader_cfg.get("use_shared_memory", True)),
-        prefetch_factor=loader_cfg.get("prefetch_factor", 2),
-        collate_fn=_Collate(batch_ops, where),
-        worker_init_fn=seeder,
-    )
+        loader = InlineLoader(source, sampler, _Collate(batch_ops, where))
+    else:
+        # on a GPU, paddle.io's buffered reader (use_buffer_reader, on by default) stages `prefetch_factor`
+        # batches per device in pinned memory (paddle.io's default in dygraph) and copies them asynchronously
+        loader = WorkerLoader(
+            source,
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            use_shared_memory=bool(loader_cfg.get("use_shared_memory", True)),
+            prefetch_factor=loader_cfg.get("prefetch_factor", 2),
+            collate_fn=_Collate(batch_ops, where),
+            worker_init_fn=seeder,
+        )
+    setattr(loader, DEVICE_NORMALIZE, normalizer)
+    return loader
 
 
 def train_pipeline(loader):

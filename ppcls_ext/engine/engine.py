@@ -17,6 +17,7 @@ import paddle.distributed as dist
 from .. import cpu_env, registry
 from ..config import ConfigError, boolean, check_sections, check_values, int_list, integer, number, section
 from ..data.dataset import DataError
+from ..data.device_normalize import batch_normalizer
 from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
@@ -366,6 +367,7 @@ class Engine:
         total = self.iters_per_epoch
         tic = time.time()
         for iteration, (images, labels) in enumerate(self.train_loader):
+            images = batch_normalizer(self.train_loader)(images)  # loader.normalize_on_device: uint8 batches
             if iteration == 5:
                 for meter in times.values():
                     meter.reset()
@@ -497,6 +499,7 @@ class Engine:
         tic = time.time()
         try:
             for iteration, (images, labels, index) in enumerate(self.eval_loader):
+                images = batch_normalizer(self.eval_loader)(images)  # loader.normalize_on_device: uint8 batches
                 times["reader_cost"].update(time.time() - tic)
                 loss_names = self._evaluate_batch(net, images, labels, index, rows)
                 times["batch_cost"].update(time.time() - tic)

@@ -1,26 +1,29 @@
-"""Latency of the deployment backends for one model, measured side by side: every repetition runs each
-backend once in turn (interleaved, so machine noise hits them alike), after warm-up; reported as median
-and 90th-percentile latency, images/s, and the largest logit difference from the dygraph model."""
+"""Latency of the deployment backends for one model: each CPU backend served alone by its own worker
+process (`worker.BackendProcess`, as it would be deployed; measured in one process, backends disturb
+each other), dygraph in this process; the backends' blocks of back-to-back calls alternate with a pause
+between them (`timing.alternate`), so machine noise hits them alike. Reported: median and 90th-percentile
+latency, images/s, and the largest logit difference from the dygraph model."""
 from __future__ import annotations
 
+import math
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 import paddle
 
 from ..engine.export import export_inference_model, inference_config
 from ..models.deploy import deploy_form
 from ..registry import create_model, get_model_config
 from ..report import markdown_table
+from ..timing import SETTLE_SECONDS, alternate, median_ms, percentile_ms, time_calls
 from ..weights import randomize_
-from .onnx_backend import OnnxPredictor
 from .options import InferenceOptions
-from .paddle_backend import PaddlePredictor
+from .worker import CPU_BACKENDS, BackendProcess, input_batch
 
-BACKENDS = ("dygraph", "paddle-cpu", "paddle-cpu-onednn", "onnxruntime")
+BACKENDS = ("dygraph",) + CPU_BACKENDS
+#: timed calls per block; a backend's `repeats` calls are split into rounds of this many
+CALLS_PER_BLOCK = 5
 
 
 @dataclass
@@ -35,58 +38,53 @@ class Measurement:
     max_abs_diff: float
 
 
-def _runners(model: paddle.nn.Layer, export_dir: str, backends: Sequence[str], threads: int) -> Dict[str, Callable]:
-    runners: Dict[str, Callable] = {}
-    for backend in backends:
-        if backend == "dygraph":
-            def run(batch, model=model):
-                with paddle.no_grad():
-                    return model(paddle.to_tensor(batch)).numpy()
-            runners[backend] = run
-        elif backend == "onnxruntime":
-            runners[backend] = OnnxPredictor(export_dir, threads).run
-        elif backend in ("paddle-cpu", "paddle-cpu-onednn"):
-            options = InferenceOptions(cpu_threads=threads, enable_mkldnn=backend.endswith("onednn"))
-            runners[backend] = PaddlePredictor(export_dir, options).run
-        else:
-            raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    return runners
-
-
 def benchmark(model_name: str, backends: Sequence[str] = BACKENDS, batch_sizes: Sequence[int] = (1, 8),
-              size: Optional[int] = None, threads: int = 2, repeats: int = 20, warmup: int = 3,
+              size: Optional[int] = None, threads: int = 2, repeats: int = 20, warmup: int = 2,
               weights: Optional[str] = None) -> List[Measurement]:
-    """Export `model_name` (random or given weights) to a temporary folder and time each backend."""
+    """Export `model_name` (random or given weights) to a temporary folder and time each backend:
+    `repeats` timed calls per backend and batch size, in blocks of CALLS_PER_BLOCK after `warmup`
+    untimed calls each."""
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {unknown}; valid: {', '.join(BACKENDS)}")
     size = size or get_model_config(model_name).eval_size
     model = create_model(model_name, pretrained=weights or False)
     if not weights:
         randomize_(model.state_dict())  # outputs of a realistic scale, so that the differences mean something
     model.eval()
+
+    def dygraph(batch):
+        with paddle.no_grad():
+            return model(paddle.to_tensor(batch)).numpy()
+
+    calls = min(CALLS_PER_BLOCK, repeats)
+    rounds = max(1, math.ceil(repeats / calls))
     results = []
     with tempfile.TemporaryDirectory() as export_dir:
         export_dir = f"{export_dir}/inference"
         # logits, not probabilities: a near-uniform softmax of random weights would hide differences
         description = inference_config(model_name, [], 5, None, [3, size, size], False)
         export_inference_model(deploy_form(model), export_dir, description, softmax=False)  # as the export tool does
-        runners = _runners(model, export_dir, backends, threads)
-        for batch_size in batch_sizes:
-            batch = np.random.default_rng(0).standard_normal((batch_size, 3, size, size)).astype(np.float32)
-            reference = runners["dygraph"](batch) if "dygraph" in runners else None
-            times: Dict[str, List[float]] = {name: [] for name in runners}
-            diffs = {name: float(np.abs(run(batch) - reference).max()) if reference is not None else float("nan")
-                     for name, run in runners.items()}
-            for _ in range(warmup):
-                for run in runners.values():
-                    run(batch)
-            for _ in range(repeats):
-                for name, run in runners.items():
-                    start = time.perf_counter()
-                    run(batch)
-                    times[name].append(time.perf_counter() - start)
-            for name, samples in times.items():
-                median, p90 = np.median(samples), np.percentile(samples, 90)
-                results.append(Measurement(model_name, name, batch_size, size, median * 1000, p90 * 1000,
-                                           batch_size / median, diffs[name]))
+        workers = {b: BackendProcess(export_dir, b, InferenceOptions(cpu_threads=threads)) for b in backends if b != "dygraph"}
+        try:
+            for batch_size in batch_sizes:
+                shape = (batch_size, 3, size, size)
+                batch = input_batch(shape)
+                reference = dygraph(batch)
+                diffs = {name: float(abs(worker.outputs(shape) - reference).max()) for name, worker in workers.items()}
+                blocks: Dict[str, Callable[[], List[float]]] = {
+                    name: (lambda worker=worker: worker.time(shape, calls, warmup)) for name, worker in workers.items()}
+                if "dygraph" in backends:
+                    diffs["dygraph"] = 0.0
+                    blocks["dygraph"] = lambda: time_calls(lambda: dygraph(batch), calls, warmup)
+                samples = alternate({name: blocks[name] for name in backends}, rounds, settle=SETTLE_SECONDS)
+                for name in backends:
+                    median = median_ms(samples[name])
+                    results.append(Measurement(model_name, name, batch_size, size, median, percentile_ms(samples[name], 90),
+                                               batch_size * 1000.0 / median, diffs[name]))
+        finally:
+            for worker in workers.values():
+                worker.close()
     return results
 
 

@@ -2,12 +2,10 @@
 backend, and top-k post-processing; plus backend selection by measurement."""
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
 import os
 import statistics
-import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,9 +16,11 @@ from ..data.transforms import build_transforms
 from ..engine.export import deploy_transforms
 from ..engine.postprocess import Topk
 from ..engine.predict import classify_files
+from ..timing import SETTLE_SECONDS, alternate, median_ms
 from .onnx_backend import OnnxPredictor
 from .options import DeploymentError, InferenceOptions
 from .paddle_backend import PaddlePredictor, computes_channels_last, warmup_batches
+from .worker import BackendProcess, build_cpu_predictor
 
 logger = logging.getLogger("ppcls_ext")
 DESCRIPTION_FILE = "inference.yml"
@@ -62,45 +62,50 @@ def load_predictor(model_dir: str, options: InferenceOptions, image_shape: Seque
                           f"from tools/export_model.py ({type(error).__name__}: {first_line})") from error
 
 
-def median_latency(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, warmup: int = 3, repeats: int = 10) -> float:
-    """Median seconds per call after `warmup` calls."""
-    for _ in range(warmup):
-        run(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+#: how `backend: auto` times each candidate: rounds of (warm-up, timed calls), alternating candidates
+AUTO_ROUNDS, AUTO_CALLS, AUTO_WARMUP = 3, 3, 1
 
 
 def cpu_candidates(model_dir: str, options: InferenceOptions) -> List[Tuple[str, Callable[[], Any]]]:
-    """The CPU backends worth measuring: Paddle Inference with and without oneDNN, and ONNX Runtime
-    when installed (channels-last exports: Paddle Inference without oneDNN only)."""
-    candidates = []
+    """The CPU backends worth measuring, as (name, builder): Paddle Inference with and without oneDNN,
+    and ONNX Runtime when installed (channels-last exports: Paddle Inference without oneDNN only)."""
+    names = []
     channels_last = computes_channels_last(model_dir)
-    for onednn in (False,) if channels_last else (False, True):
-        variant = dataclasses.replace(options, enable_mkldnn=onednn, backend="paddle")
-        candidates.append((PaddlePredictor.describe(variant), lambda variant=variant: PaddlePredictor(model_dir, variant)))
+    names += ["paddle-cpu"] if channels_last else ["paddle-cpu", "paddle-cpu-onednn"]
     if channels_last:
         logger.info("backend selection: %s computes channels-last (NHWC): Paddle Inference without oneDNN only", model_dir)
     elif importlib.util.find_spec("onnxruntime") is not None:
-        candidates.append(("onnxruntime", lambda: OnnxPredictor(model_dir, options.cpu_threads)))
+        names.append("onnxruntime")
     else:
         logger.info("backend selection: onnxruntime is not installed; measuring Paddle Inference only")
-    return candidates
+    return [(name, lambda name=name: build_cpu_predictor(model_dir, name, options)) for name in names]
 
 
-def fastest_backend(model_dir: str, options: InferenceOptions, batch: np.ndarray):
-    """Build every CPU candidate, time it on `batch`, log the table and return the fastest."""
-    timings = []
-    for name, build in cpu_candidates(model_dir, options):
-        predictor = build()
-        timings.append((median_latency(predictor.run, batch), name, predictor))
-    timings.sort(key=lambda item: item[0])
-    table = ", ".join(f"{name} {seconds * 1000:.2f} ms" for seconds, name, _ in timings)
-    logger.info("backend selection (batch %s, median): %s -> using %s", tuple(batch.shape), table, timings[0][1])
-    return timings[0][2]
+def time_candidates(model_dir: str, options: InferenceOptions, names: Sequence[str],
+                    shape: Sequence[int]) -> Dict[str, List[float]]:
+    """Seconds per call of each backend in `names`, each served alone by its own worker process (as it
+    would be deployed), the candidates' blocks alternating with a pause between them."""
+    workers: Dict[str, BackendProcess] = {}
+    try:
+        for name in names:
+            workers[name] = BackendProcess(model_dir, name, options)
+        blocks = {name: (lambda worker=worker: worker.time(shape, AUTO_CALLS, AUTO_WARMUP)) for name, worker in workers.items()}
+        return alternate(blocks, AUTO_ROUNDS, settle=SETTLE_SECONDS)
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def fastest_backend(model_dir: str, options: InferenceOptions, shape: Sequence[int]):
+    """Time every CPU candidate on a batch of `shape`, each in its own process; log the table and
+    return the fastest, built in this process."""
+    candidates = dict(cpu_candidates(model_dir, options))
+    samples = time_candidates(model_dir, options, list(candidates), shape)
+    ranking = sorted(samples, key=lambda name: statistics.median(samples[name]))
+    table = ", ".join(f"{name} {median_ms(samples[name]):.2f} ms" for name in ranking)
+    logger.info("backend selection (batch %s, median, each backend in its own process): %s -> using %s",
+                tuple(shape), table, ranking[0])
+    return candidates[ranking[0]]()
 
 
 def create_predictor(model_dir: str, options: InferenceOptions, image_shape: Sequence[int] = (3, 224, 224),
@@ -110,10 +115,9 @@ def create_predictor(model_dir: str, options: InferenceOptions, image_shape: Seq
     if options.backend == "onnxruntime":
         if options.device != "cpu":
             raise DeploymentError("the ONNX Runtime backend here runs on CPU; use backend paddle for GPU")
-        return OnnxPredictor(model_dir, options.cpu_threads)
+        return OnnxPredictor(model_dir, options.cpu_threads, options.cpu_spin_wait)
     if options.backend == "auto" and options.device == "cpu":
-        sample = np.random.default_rng(0).standard_normal((batch_size, *image_shape)).astype(np.float32)
-        return fastest_backend(model_dir, options, sample)
+        return fastest_backend(model_dir, options, (batch_size, *image_shape))
     trt = options.tensorrt
     warmup = warmup_batches(trt.collect_sizes, image_shape, trt.max_batch_size) if trt else None
     return PaddlePredictor(model_dir, options, warmup)

@@ -47,7 +47,14 @@ class TensorRTOptions:
 @dataclass
 class InferenceOptions:
     """Backend ("paddle", "onnxruntime", or "auto": on CPU, measure the candidates and keep the fastest),
-    device, CPU threads and oneDNN, GPU memory pool and TensorRT."""
+    device, CPU threads and oneDNN, GPU memory pool and TensorRT.
+
+    CPU threads: `cpu_threads` for Paddle Inference's math library and ONNX Runtime's intra-op pool (ONNX
+    Runtime runs operators one at a time: one inter-op thread). `cpu_spin_wait` keeps each runtime's
+    default of spinning its worker threads after a call (Intel OpenMP for KMP_BLOCKTIME, 200 ms; ONNX
+    Runtime's pool briefly), which shortens back-to-back calls on a machine the service has to itself;
+    False makes them sleep at once (KMP_BLOCKTIME=0, set before Paddle's first parallel region; ONNX
+    Runtime's session.intra_op.allow_spinning=0), for machines shared with other busy processes."""
 
     backend: str = "paddle"
     device: str = "cpu"
@@ -56,6 +63,7 @@ class InferenceOptions:
     cpu_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     enable_mkldnn: bool = True
     ir_optim: bool = True
+    cpu_spin_wait: bool = True
     tensorrt: Optional[TensorRTOptions] = None
 
     def __post_init__(self) -> None:
@@ -71,7 +79,8 @@ class InferenceOptions:
 
 def options_from_config(glob: Mapping[str, Any]) -> InferenceOptions:
     """`Global` of a PaddleClas deploy config (use_gpu, gpu_mem, enable_mkldnn, cpu_num_threads,
-    use_fp16, use_int8, use_tensorrt, ir_optim, use_onnx) plus ours (backend, gpu_id, tensorrt: {...})."""
+    use_fp16, use_int8, use_tensorrt, ir_optim, use_onnx) plus ours (backend, gpu_id, cpu_spin_wait,
+    tensorrt: {...})."""
     backend = str(glob.get("backend") or ("onnxruntime" if glob.get("use_onnx") else "paddle"))
     tensorrt = None
     if glob.get("use_tensorrt"):
@@ -93,5 +102,6 @@ def options_from_config(glob: Mapping[str, Any]) -> InferenceOptions:
         cpu_threads=int(glob.get("cpu_num_threads") or os.cpu_count() or 1),
         enable_mkldnn=bool(glob.get("enable_mkldnn", True)),
         ir_optim=bool(glob.get("ir_optim", True)),
+        cpu_spin_wait=bool(glob.get("cpu_spin_wait", True)),
         tensorrt=tensorrt,
     )

@@ -65,6 +65,8 @@ def base_config(model_dir: str, options: InferenceOptions) -> Config:
     else:
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(options.cpu_threads)
+        if not options.cpu_spin_wait and "KMP_BLOCKTIME" not in os.environ:
+            os.environ["KMP_BLOCKTIME"] = "0"  # read when Intel OpenMP starts: before Paddle's first parallel region
         if options.enable_mkldnn and computes_channels_last(model_dir):
             logger.warning("%s computes channels-last (NHWC), which Paddle's oneDNN passes mis-handle (the stem "
                            "convolution fails): running without oneDNN", model_dir)

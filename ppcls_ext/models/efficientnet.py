@@ -20,6 +20,7 @@ import paddle.nn as nn
 from .base import ImageClassifier, initialize_once
 from .layers import (ActLayer, ConvBNAct, DropPath, PaddingMode, SiLU, SqueezeExcite, global_avg_pool, make_divisible,
                      round_repeats)
+from .recompute import RecomputeOption, recompute_stages, run_recomputed
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,9 @@ class EfficientNet(ImageClassifier):
 
     `stages` are already scaled; drop-path rate grows linearly with the global block index
     (drop_path_rate * index / number_of_blocks, as in the official code). `class_num=0` drops the
-    classifier: the model then returns pooled features.
+    classifier: the model then returns pooled features. `recompute` (True, or a list of stage indices)
+    recomputes those stages' block activations in the backward pass instead of keeping them (training
+    only; see `recompute.py`).
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class EfficientNet(ImageClassifier):
         bn_momentum: float = 0.99,
         bn_epsilon: float = 1e-3,
         act_layer: ActLayer = SiLU,
+        recompute: RecomputeOption = False,
     ):
         super().__init__()
         # the numerics the weights are trained with; checkpoints record them (ppcls_ext.weights.numerics_record)
@@ -136,6 +140,7 @@ class EfficientNet(ImageClassifier):
                 channels, index = spec.out_channels, index + 1
             stage_layers.append(nn.Sequential(*blocks))
         self.stages = nn.LayerList(stage_layers)
+        self.recompute_stages = recompute_stages(recompute, len(stage_layers))
         self._set_stage_layout(2, [s.stride for s in stages], [s.out_channels for s in stages])
         self.head = conv(channels, head_channels, 1)
         self.pool = global_avg_pool()
@@ -146,8 +151,8 @@ class EfficientNet(ImageClassifier):
 
     def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
         x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
+        for index, stage in enumerate(self.stages):
+            x = run_recomputed(stage, x) if self.training and index in self.recompute_stages else stage(x)
         return self.head(x)
 
     def forward_head(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -248,6 +253,7 @@ def efficientnet(
     drop_path_rate: float = 0.2,
     padding: PaddingMode = "same",
     bn_epsilon: float = 1e-3,
+    recompute: RecomputeOption = False,
 ) -> EfficientNet:
     """An EfficientNet scaled from B0 by explicit width/depth multipliers or, given `phi`, by compound
     scaling (which then overrides width and depth; see `compound_scaling` for its resolution)."""
@@ -266,6 +272,7 @@ def efficientnet(
         drop_path_rate=drop_path_rate,
         padding=padding,
         bn_epsilon=bn_epsilon,
+        recompute=recompute,
     )
 
 
@@ -298,6 +305,7 @@ def efficientnet_lite(
     drop_path_rate: float = 0.2,
     padding: PaddingMode = "same",
     bn_epsilon: float = 1e-3,
+    recompute: RecomputeOption = False,
 ) -> EfficientNet:
     """Build EfficientNet-Lite0 ... Lite4: the B0 stages without squeeze-excite, ReLU6 everywhere, stem (32)
     and head (1280) not widened, and the first and last stages' repeats not deepened (the official builder's
@@ -319,4 +327,5 @@ def efficientnet_lite(
         padding=padding,
         bn_epsilon=bn_epsilon,
         act_layer=nn.ReLU6,
+        recompute=recompute,
     )

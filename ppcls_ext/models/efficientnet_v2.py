@@ -14,6 +14,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 from .base import initialize_once
 from .efficientnet import EfficientNet, StageSpec
 from .layers import PaddingMode, make_divisible
+from .recompute import RecomputeOption
 
 
 def _stages(*rows: Tuple[str, int, int, int, int, float]) -> Tuple[StageSpec, ...]:
@@ -94,6 +95,7 @@ def efficientnet_v2(
     drop_path_rate: float = 0.2,
     padding: PaddingMode = "same",
     bn_epsilon: float = 1e-3,
+    recompute: RecomputeOption = False,
 ) -> EfficientNetV2:
     """Build EfficientNetV2 S, M, L, XL or B0-B3."""
     if variant not in EFFICIENTNET_V2_VARIANTS:
@@ -110,4 +112,5 @@ def efficientnet_v2(
         padding=padding,
         bn_momentum=0.9,
         bn_epsilon=bn_epsilon,
+        recompute=recompute,
     )
