@@ -128,7 +128,7 @@ def test_loader_options_reach_paddle_io(digits, tmp_path):
     assert len(batches) == 8 and batches[0][0].shape == [32, 3, 32, 32] and batches[0][1].shape[0] == 32
     assert multiprocessing.active_children() == []
     for option, message in (("num_worker=2", r"DataLoader.Train.loader: unknown key\(s\) \['num_worker'\]; known: "
-                                             r"num_workers, prefetch_factor, use_shared_memory"),
+                                             r"normalize_on_device, num_workers, prefetch_factor, use_shared_memory"),
                             ("prefetch_factor=0", r"DataLoader.Train.loader.prefetch_factor must be an integer >= 1, got 0"),
                             ("num_workers=-1", r"num_workers must be an integer >= 0, got -1")):
         with pytest.raises(ConfigError, match=message):
