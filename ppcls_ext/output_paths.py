@@ -2,7 +2,9 @@
 its start with one line naming the path, not at its end with a traceback."""
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator, Union
 
 from .config import ConfigError
 
@@ -31,3 +33,17 @@ def ensure_directory(path: str, what: str) -> None:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"{what}: cannot create directory {path} ({error.strerror})") from error
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Union[str, "os.PathLike[str]"]) -> Iterator[str]:
+    """A temporary path beside `path` for the block to write; renamed onto `path` in one step when the block
+    succeeds and removed when it fails, so `path` is always either the old complete file or the new one."""
+    path = os.fspath(path)
+    temporary = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.partial")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)

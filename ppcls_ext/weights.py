@@ -29,6 +29,7 @@ from .convert import (NUMERICS_KEY, ForeignCheckpoint, LayoutError, Numerics, To
                       numerics_entry, read_foreign_checkpoint, recorded_numerics)
 from .models import ImageClassifier
 from .models.efficientnet import EfficientNet
+from .output_paths import replaced_atomically
 from .safe_load import load_paddle_file
 from .safe_pickle import UnsafePickleError
 
@@ -76,24 +77,21 @@ def download(url: str, directory: Optional[PathLike] = None, sha256: Optional[st
     if target.exists() and (sha256 is None or file_sha256(target) == sha256):
         return target
     directory.mkdir(parents=True, exist_ok=True)
-    partial = directory / f".{name}.{os.getpid()}.part"
     logger.info("downloading %s to %s", url, target)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
-            announced = response.headers.get("Content-Length")
-            shutil.copyfileobj(response, out, 1 << 20)
-        received = partial.stat().st_size
-        if announced is not None and received != int(announced):
-            raise WeightsDownloadError(f"download of {url} is incomplete: {received} of {announced} bytes")
-        if sha256 is not None and file_sha256(partial) != sha256:
-            raise WeightsDownloadError(f"download of {url} does not match its SHA-256 {sha256}")
-        os.replace(partial, target)
+        with replaced_atomically(target) as partial:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+                announced = response.headers.get("Content-Length")
+                shutil.copyfileobj(response, out, 1 << 20)
+            received = os.path.getsize(partial)
+            if announced is not None and received != int(announced):
+                raise WeightsDownloadError(f"download of {url} is incomplete: {received} of {announced} bytes")
+            if sha256 is not None and file_sha256(partial) != sha256:
+                raise WeightsDownloadError(f"download of {url} does not match its SHA-256 {sha256}")
     except (urllib.error.URLError, OSError) as error:
         if isinstance(error, WeightsDownloadError):
             raise
         raise WeightsDownloadError(f"could not download weights from {url}: {error}") from error
-    finally:
-        partial.unlink(missing_ok=True)
     return target
 
 

@@ -10,20 +10,15 @@ from typing import List, Optional
 import numpy as np
 import paddle
 
+from ..output_paths import replaced_atomically
 from ..registry import UnknownModelError, create_model
 from ..weights import IncompatibleWeightsError, model_numerics, numerics_record, read_weights_file
 
 
 def _save_atomically(state: dict, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with replaced_atomically(path) as temporary:
         paddle.save(state, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def convert(source: str, model_name: str, output: str, origin: Optional[str] = None, class_num: int = 1000) -> str:

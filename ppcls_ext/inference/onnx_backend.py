@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..output_paths import replaced_atomically
 from .options import DeploymentError
 from .paddle_backend import PARAMS_FILE, PROGRAM_FILES, computes_channels_last, model_format
 
@@ -52,13 +53,8 @@ def export_onnx(model_dir: str, opset: int = 13, force: bool = False) -> str:
         raise DeploymentError(f"paddle2onnx could not convert {program} (its log above says why)") from error
     model = onnxoptimizer.optimize(onnx.load_model_from_string(converted), list(ONNX_PASSES))
     onnx.checker.check_model(model, full_check=True)
-    partial = f"{target}.{os.getpid()}.partial"
-    try:
+    with replaced_atomically(target) as partial:
         onnx.save(model, partial)
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
     logger.info("ONNX: converted %s to %s", program, target)
     return target
 

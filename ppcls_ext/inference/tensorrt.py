@@ -31,6 +31,7 @@ import numpy as np
 import paddle
 from paddle.inference import Config, create_predictor
 
+from ..output_paths import replaced_atomically
 from .options import DeploymentError, TensorRTOptions
 
 try:
@@ -105,10 +106,8 @@ def is_complete(entry: str, in_place: bool = False) -> bool:
 
 def mark_complete(entry: str, description: Dict[str, object]) -> None:
     """Write `complete.json` (what the entry was built from) atomically, as the entry's last file."""
-    partial = os.path.join(entry, COMPLETE_MARKER + ".partial")
-    with open(partial, "w", encoding="utf-8") as f:
+    with replaced_atomically(os.path.join(entry, COMPLETE_MARKER)) as partial, open(partial, "w", encoding="utf-8") as f:
         json.dump(description, f, indent=1, sort_keys=True)
-    os.replace(partial, os.path.join(entry, COMPLETE_MARKER))
 
 
 def input_shapes(trt: TensorRTOptions, warmup: Optional[Batches]) -> tuple:
@@ -247,13 +246,12 @@ def run_batches(config: Config, batches: Sequence[np.ndarray]) -> None:
 
 def collect_shape_ranges(make_config: Callable[[], Config], batches: Sequence[np.ndarray], path: str) -> None:
     """Collect the input/intermediate shape ranges of `batches` into `path` (written whole or not at all)."""
-    partial = f"{path}.partial-{os.getpid()}"
-    config = make_config()
-    config.collect_shape_range_info(partial)
-    run_batches(config, batches)
-    if not os.path.isfile(partial):
-        raise DeploymentError(f"Paddle wrote no shape range file ({partial}) after the warm-up run")
-    os.replace(partial, path)
+    with replaced_atomically(path) as partial:
+        config = make_config()
+        config.collect_shape_range_info(partial)
+        run_batches(config, batches)
+        if not os.path.isfile(partial):
+            raise DeploymentError(f"Paddle wrote no shape range file ({partial}) after the warm-up run")
 
 
 def legacy_tensorrt_config(model_dir: str, trt: TensorRTOptions, gpu_id: int, make_config: Callable[[], Config],
