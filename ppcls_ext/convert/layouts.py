@@ -41,9 +41,21 @@ def _parts(block: _MobileBlock) -> List[str]:
     return [part for part in ("expand", "dw", "se", "project") if getattr(block, part) is not None]
 
 
+def _block_pairs(theirs: str, ours: str, block: _MobileBlock,
+                 their_names: Callable[[str, int], Tuple[str, str]]) -> ModulePairs:
+    """One block's module pairs: for each part (the k-th in execution order) the two modules that
+    `their_names(part, k)` names under `theirs` -> our conv and bn (squeeze-excite: reduce and expand)."""
+    pairs: ModulePairs = []
+    for k, part in enumerate(_parts(block)):
+        our_names = ("se.reduce", "se.expand") if part == "se" else (f"{part}.conv", f"{part}.bn")
+        pairs += [(theirs + their, ours + our) for their, our in zip(their_names(part, k), our_names)]
+    return pairs
+
+
 # --- efficientnet_pytorch -----------------------------------------------------------------------------
 
-_EP_PARTS = {"expand": ("_expand_conv", "_bn0"), "dw": ("_depthwise_conv", "_bn1"), "project": ("_project_conv", "_bn2")}
+_EP_PARTS = {"expand": ("_expand_conv", "_bn0"), "dw": ("_depthwise_conv", "_bn1"), "se": ("_se_reduce", "_se_expand"),
+             "project": ("_project_conv", "_bn2")}
 
 
 def _efficientnet_pytorch_pairs(model: EfficientNet) -> ModulePairs:
@@ -51,13 +63,7 @@ def _efficientnet_pytorch_pairs(model: EfficientNet) -> ModulePairs:
     for index, (s, j, block) in enumerate(model.blocks()):
         if isinstance(block, FusedMBConv):
             raise LayoutError("the efficientnet_pytorch layout has no Fused-MBConv blocks (EfficientNetV2)")
-        theirs, ours = f"_blocks.{index}.", f"stages.{s}.{j}."
-        for part in _parts(block):
-            if part == "se":
-                pairs += [(theirs + "_se_reduce", ours + "se.reduce"), (theirs + "_se_expand", ours + "se.expand")]
-            else:
-                conv, bn = _EP_PARTS[part]
-                pairs += [(theirs + conv, ours + part + ".conv"), (theirs + bn, ours + part + ".bn")]
+        pairs += _block_pairs(f"_blocks.{index}.", f"stages.{s}.{j}.", block, lambda part, k: _EP_PARTS[part])
     return pairs
 
 
@@ -68,27 +74,23 @@ def _efficientnet_pytorch_numerics(state: Mapping[str, np.ndarray], path: Path, 
 # --- timm ---------------------------------------------------------------------------------------------
 
 def _timm_part_names(block: _MobileBlock) -> Dict[str, Tuple[str, str]]:
-    """timm's names for (conv, bn) of each part: InvertedResidual, DepthwiseSeparableConv, EdgeResidual,
-    ConvBnAct."""
+    """timm's names for (conv, bn) of each part - InvertedResidual, DepthwiseSeparableConv, EdgeResidual,
+    ConvBnAct - and for squeeze-excite's (reduce, expand)."""
+    se = {"se": ("se.conv_reduce", "se.conv_expand")}
     if isinstance(block, FusedMBConv):
         if block.expand is None:
-            return {"project": ("conv", "bn1")}
-        return {"expand": ("conv_exp", "bn1"), "project": ("conv_pwl", "bn2")}
+            return {"project": ("conv", "bn1"), **se}
+        return {"expand": ("conv_exp", "bn1"), "project": ("conv_pwl", "bn2"), **se}
     if block.expand is None:
-        return {"dw": ("conv_dw", "bn1"), "project": ("conv_pw", "bn2")}
-    return {"expand": ("conv_pw", "bn1"), "dw": ("conv_dw", "bn2"), "project": ("conv_pwl", "bn3")}
+        return {"dw": ("conv_dw", "bn1"), "project": ("conv_pw", "bn2"), **se}
+    return {"expand": ("conv_pw", "bn1"), "dw": ("conv_dw", "bn2"), "project": ("conv_pwl", "bn3"), **se}
 
 
 def _timm_pairs(model: EfficientNet) -> ModulePairs:
     pairs = [("conv_stem", "stem.conv"), ("bn1", "stem.bn"), ("conv_head", "head.conv"), ("bn2", "head.bn")]
     for s, j, block in model.blocks():
-        theirs, ours, names = f"blocks.{s}.{j}.", f"stages.{s}.{j}.", _timm_part_names(block)
-        for part in _parts(block):
-            if part == "se":
-                pairs += [(theirs + "se.conv_reduce", ours + "se.reduce"), (theirs + "se.conv_expand", ours + "se.expand")]
-            else:
-                conv, bn = names[part]
-                pairs += [(theirs + conv, ours + part + ".conv"), (theirs + bn, ours + part + ".bn")]
+        names = _timm_part_names(block)
+        pairs += _block_pairs(f"blocks.{s}.{j}.", f"stages.{s}.{j}.", block, lambda part, k: names[part])
     return pairs
 
 
@@ -124,12 +126,8 @@ def _torchvision_pairs(model: EfficientNet) -> ModulePairs:
     pairs = [("features.0.0", "stem.conv"), ("features.0.1", "stem.bn"),
              (f"features.{head}.0", "head.conv"), (f"features.{head}.1", "head.bn")]
     for s, j, block in model.blocks():
-        theirs, ours = f"features.{s + 1}.{j}.block.", f"stages.{s}.{j}."
-        for k, part in enumerate(_parts(block)):
-            if part == "se":
-                pairs += [(f"{theirs}{k}.fc1", ours + "se.reduce"), (f"{theirs}{k}.fc2", ours + "se.expand")]
-            else:
-                pairs += [(f"{theirs}{k}.0", ours + part + ".conv"), (f"{theirs}{k}.1", ours + part + ".bn")]
+        pairs += _block_pairs(f"features.{s + 1}.{j}.block.", f"stages.{s}.{j}.", block,
+                              lambda part, k: (f"{k}.fc1", f"{k}.fc2") if part == "se" else (f"{k}.0", f"{k}.1"))
     return pairs
 
 

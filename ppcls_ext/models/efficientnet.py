@@ -298,18 +298,11 @@ EFFICIENTNET_LITE_SCALING: Dict[str, Scaling] = {
 
 
 @initialize_once
-def efficientnet_lite(
-    variant: str,
-    class_num: int = 1000,
-    dropout: Optional[float] = None,
-    drop_path_rate: float = 0.2,
-    padding: PaddingMode = "same",
-    bn_epsilon: float = 1e-3,
-    recompute: RecomputeOption = False,
-) -> EfficientNet:
+def efficientnet_lite(variant: str, class_num: int = 1000, dropout: Optional[float] = None, **options) -> EfficientNet:
     """Build EfficientNet-Lite0 ... Lite4: the B0 stages without squeeze-excite, ReLU6 everywhere, stem (32)
     and head (1280) not widened, and the first and last stages' repeats not deepened (the official builder's
-    `fix_head_stem`); everything else scales as in EfficientNet."""
+    `fix_head_stem`); everything else scales as in EfficientNet. `options`: `EfficientNet`'s
+    (drop_path_rate, padding, bn_epsilon, recompute)."""
     if variant not in EFFICIENTNET_LITE_SCALING:
         raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose from {list(EFFICIENTNET_LITE_SCALING)}")
     scaling = EFFICIENTNET_LITE_SCALING[variant]
@@ -323,9 +316,6 @@ def efficientnet_lite(
         head_channels=1280,
         class_num=class_num,
         dropout=scaling.dropout if dropout is None else dropout,
-        drop_path_rate=drop_path_rate,
-        padding=padding,
-        bn_epsilon=bn_epsilon,
         act_layer=nn.ReLU6,
-        recompute=recompute,
+        **options,
     )

@@ -13,8 +13,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 
 from .base import initialize_once
 from .efficientnet import EfficientNet, StageSpec
-from .layers import PaddingMode, make_divisible
-from .recompute import RecomputeOption
+from .layers import make_divisible
 
 
 def _stages(*rows: Tuple[str, int, int, int, int, float]) -> Tuple[StageSpec, ...]:
@@ -88,16 +87,9 @@ class EfficientNetV2(EfficientNet):
 
 
 @initialize_once
-def efficientnet_v2(
-    variant: str,
-    class_num: int = 1000,
-    dropout: Optional[float] = None,
-    drop_path_rate: float = 0.2,
-    padding: PaddingMode = "same",
-    bn_epsilon: float = 1e-3,
-    recompute: RecomputeOption = False,
-) -> EfficientNetV2:
-    """Build EfficientNetV2 S, M, L, XL or B0-B3."""
+def efficientnet_v2(variant: str, class_num: int = 1000, dropout: Optional[float] = None, **options) -> EfficientNetV2:
+    """Build EfficientNetV2 S, M, L, XL or B0-B3. `options`: `EfficientNet`'s (drop_path_rate, padding,
+    bn_epsilon, recompute)."""
     if variant not in EFFICIENTNET_V2_VARIANTS:
         raise ValueError(f"unknown EfficientNetV2 variant {variant!r}; choose from {list(EFFICIENTNET_V2_VARIANTS)}")
     spec = EFFICIENTNET_V2_VARIANTS[variant]
@@ -108,9 +100,6 @@ def efficientnet_v2(
         head_channels=round_channels(1280 * spec.width),
         class_num=class_num,
         dropout=spec.dropout if dropout is None else dropout,
-        drop_path_rate=drop_path_rate,
-        padding=padding,
         bn_momentum=0.9,
-        bn_epsilon=bn_epsilon,
-        recompute=recompute,
+        **options,
     )
