@@ -9,7 +9,9 @@ each int8 variant is then built in memory by `QDQQuantizer` from those ranges, w
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -73,6 +75,19 @@ class _Batches:
         return next(self._items, None)
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ONNX Runtime's quantizer logs every weight scale it adjusts through the root logger at INFO (hundreds of
+    lines per model, and models are built once per layer in the sensitivity pass); keep its warnings only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _require():
     try:
         import onnx
@@ -122,7 +137,7 @@ class Quantizer:
         onnx, quantization = _require()
         self.settings = settings
         self._quantization = quantization
-        with tempfile.TemporaryDirectory(prefix="ppcls_ext_int8_") as work:
+        with tempfile.TemporaryDirectory(prefix="ppcls_ext_int8_") as work, _quiet_root_logger():
             prepared = os.path.join(work, "prepared.onnx")
             quantization.quant_pre_process(onnx_path, prepared, skip_symbolic_shape=True)
             self.model = onnx.load(prepared)
@@ -155,7 +170,8 @@ class Quantizer:
                                    activation_qType=q.QuantType.QUInt8, tensors_range=self.ranges,
                                    nodes_to_quantize=list(only or []), nodes_to_exclude=list(exclude),
                                    op_types_to_quantize=list(self.settings.op_types), extra_options={})
-        quantizer.quantize_model()
+        with _quiet_root_logger():
+            quantizer.quantize_model()
         return quantizer.model.model.SerializeToString()
 
 
