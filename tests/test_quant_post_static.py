@@ -207,7 +207,8 @@ def test_lite0_imagenet_weights_int8_agrees_with_float_on_real_photos_it_never_c
     argv = ["-c", LITE0_CONFIG] + [a for o in overrides for a in ("-o", o)]
     assert run_main(lambda args: tool_main("export", args), argv, capsys)[0] == 0  # tools/export_model.py
     slim = ["Slim.quant_post_static.batch_size=8", "Slim.quant_post_static.batch_nums=2",
-            "Slim.quant_post_static.min_holdout_images=6", "Slim.quant_post_static.timing=False"]
+            "Slim.quant_post_static.min_holdout_images=6", "Slim.quant_post_static.timing=False",
+            "Slim.quant_post_static.sensitivity_images=4"]
     status, out, err = run_main(main, argv + [a for o in slim for a in ("-o", o)], capsys)
     assert status == 0, err
     folder = tmp_path / "inference" / "quant_post_static_model"

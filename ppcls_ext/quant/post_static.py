@@ -31,7 +31,7 @@ from .calibration import fingerprint, image_set, load_images
 from .gate import Agreement, Budget, compare, probabilities
 from .onnx_int8 import DEFAULT_OP_TYPES, OnnxRunner, QuantSettings, Quantizer
 from .report import write_reports
-from .sensitivity import Search, float_limit, keep_worst_in_float, rank_layers, ranking_table
+from .sensitivity import float_limit, keep_worst_in_float, rank_layers, ranking_table
 from .speed import cpu_flags, cpu_name, has_vnni, time_alone
 
 logger = logging.getLogger("ppcls_ext")
