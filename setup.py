@@ -66,7 +66,11 @@ setup(
         "paddle2onnx==2.1.0",
         "onnx==1.17.0",
         "onnxoptimizer==0.3.13",
-        "onnxruntime>=1.17,<2",
+        # int8 (deploy/slim/quant_post_static.py): ONNX Runtime's quantization tools (QDQQuantizer as of 1.18), which
+        # import ml_dtypes and sympy; ml_dtypes 0.5 is the newest that keeps numpy 1.24
+        "onnxruntime>=1.18,<2",
+        "ml_dtypes>=0.4,<0.6",
+        "sympy>=1.12",
     ] if r],
     extras_require={"test": [
         "pytest>=7",

@@ -20,6 +20,8 @@ DESCRIPTIONS = {
     "eval": "Evaluate Global.pretrained_model on DataLoader.Eval.",
     "infer": "Classify Infer.infer_imgs (an image, a folder or a list) and print the top-k per image.",
     "export": "Export a Paddle Inference model and its preprocessing to Global.save_inference_dir.",
+    "quant_post_static": "Quantize the export in Global.save_inference_dir to int8 (calibrated on DataLoader.Eval, "
+                         "checked against the float model on held-out images) into its quant_post_static_model/.",
 }
 
 

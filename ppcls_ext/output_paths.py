@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from typing import Iterator, Union
 
 from .config import ConfigError
@@ -47,3 +48,19 @@ def replaced_atomically(path: Union[str, "os.PathLike[str]"]) -> Iterator[str]:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def replace_directory(new: str, target: str) -> None:
+    """Move the finished folder `new` to `target`, replacing a previous `target` as a whole: at every moment
+    `target` is the old folder or the new one (or, for an instant between two renames, absent)."""
+    if not os.path.exists(target):
+        os.replace(new, target)
+        return
+    old = f"{target}.old-{os.getpid()}"
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -20,6 +20,7 @@ import paddle.nn as nn
 from paddle.static import InputSpec
 
 from ..config import dump_yaml, single_entry
+from ..output_paths import replace_directory
 
 MODEL_FILES = ("inference.pdiparams",)
 GRAPH_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
@@ -109,22 +110,8 @@ def export_inference_model(model: nn.Layer, save_dir: str, description: Dict[str
         if not os.path.isfile(os.path.join(staging, EXPORT_FORMATS[export_format])) or not os.path.isfile(
                 os.path.join(staging, MODEL_FILES[0])):
             raise RuntimeError(f"paddle.jit.save wrote no {export_format} inference model into {staging}")
-        _replace_dir(staging, save_dir)
+        replace_directory(staging, save_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return save_dir
 
-
-def _replace_dir(new: str, target: str) -> None:
-    """Move the finished `new` directory to `target`, replacing a previous export as a whole."""
-    if not os.path.exists(target):
-        os.replace(new, target)
-        return
-    old = f"{target}.old-{os.getpid()}"
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except OSError:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

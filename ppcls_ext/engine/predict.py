@@ -9,27 +9,20 @@ import paddle
 import paddle.nn.functional as F
 
 from ..config import ConfigError
+from ..data.image_files import walk_images
 from .postprocess import Topk
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
-                    ".ppm", ".pgm", ".pbm", ".pnm")
 
 
 def collect_images(source: Union[str, Sequence[str]]) -> List[str]:
     """Files to classify from one path or a list of paths: a file named explicitly is always taken (the
-    decoder reports a non-image); a folder is walked (sorted, recursively) for files with image extensions,
-    leaving out hidden files and folders (such as macOS's '._photo.jpg' resource forks, which are not
-    images, and .DS_Store)."""
+    decoder reports a non-image); a folder is walked for image files (`walk_images`)."""
     paths = [source] if isinstance(source, str) else list(source)
     images: List[str] = []
     for path in paths:
         if not isinstance(path, str) or not path:
             raise ConfigError(f"Infer.infer_imgs: expected an image or folder path (or a list of them), got {path!r}")
         if os.path.isdir(path):
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                images += [os.path.join(root, f) for f in sorted(files)
-                           if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+            images += walk_images(path)
         elif os.path.isfile(path):
             images.append(path)
         else:

@@ -17,6 +17,7 @@ from ..engine.export import deploy_transforms
 from ..engine.postprocess import Topk
 from ..engine.predict import classify_files
 from ..timing import SETTLE_SECONDS, alternate, median_ms
+from .int8_model import INT8_BACKEND, INT8_FILE, int8_model_file
 from .onnx_backend import OnnxPredictor
 from .options import DeploymentError, InferenceOptions
 from .paddle_backend import PaddlePredictor, computes_channels_last, warmup_batches
@@ -68,7 +69,8 @@ AUTO_ROUNDS, AUTO_CALLS, AUTO_WARMUP = 3, 3, 1
 
 def cpu_candidates(model_dir: str, options: InferenceOptions) -> List[Tuple[str, Callable[[], Any]]]:
     """The CPU backends worth measuring, as (name, builder): Paddle Inference with and without oneDNN,
-    and ONNX Runtime when installed (channels-last exports: Paddle Inference without oneDNN only)."""
+    and ONNX Runtime when installed, on the float model and on the folder's accepted int8 model if it has
+    one (channels-last exports: Paddle Inference without oneDNN only)."""
     names = []
     channels_last = computes_channels_last(model_dir)
     names += ["paddle-cpu"] if channels_last else ["paddle-cpu", "paddle-cpu-onednn"]
@@ -76,6 +78,8 @@ def cpu_candidates(model_dir: str, options: InferenceOptions) -> List[Tuple[str,
         logger.info("backend selection: %s computes channels-last (NHWC): Paddle Inference without oneDNN only", model_dir)
     elif importlib.util.find_spec("onnxruntime") is not None:
         names.append("onnxruntime")
+        if int8_model_file(model_dir) is not None:
+            names.append(INT8_BACKEND)
     else:
         logger.info("backend selection: onnxruntime is not installed; measuring Paddle Inference only")
     return [(name, lambda name=name: build_cpu_predictor(model_dir, name, options)) for name in names]
@@ -111,13 +115,18 @@ def fastest_backend(model_dir: str, options: InferenceOptions, shape: Sequence[i
 def create_predictor(model_dir: str, options: InferenceOptions, image_shape: Sequence[int] = (3, 224, 224),
                      batch_size: int = 1):
     """A predictor for `options.backend`; "auto" on CPU measures the candidates on a batch of the
-    export's nominal size and keeps the fastest (on GPU it means Paddle Inference)."""
-    if options.backend == "onnxruntime":
-        if options.device != "cpu":
-            raise DeploymentError("the ONNX Runtime backend here runs on CPU; use backend paddle for GPU")
-        return OnnxPredictor(model_dir, options.cpu_threads, options.cpu_spin_wait)
+    export's nominal size and keeps the fastest (on GPU it means Paddle Inference). On CPU a folder with an
+    accepted int8 model (deploy/slim/quant_post_static.py) is served by that model unless backend is auto."""
+    if options.backend == "onnxruntime" and options.device != "cpu":
+        raise DeploymentError("the ONNX Runtime backend here runs on CPU; use backend paddle for GPU")
     if options.backend == "auto" and options.device == "cpu":
         return fastest_backend(model_dir, options, (batch_size, *image_shape))
+    if options.device == "cpu" and int8_model_file(model_dir) is not None:
+        logger.info("%s holds an int8 model (%s): serving it with ONNX Runtime; backend auto serves it only where it is "
+                    "faster than the float model", model_dir, INT8_FILE)
+        return build_cpu_predictor(model_dir, INT8_BACKEND, options)
+    if options.backend == "onnxruntime":
+        return OnnxPredictor(model_dir, options.cpu_threads, options.cpu_spin_wait)
     trt = options.tensorrt
     warmup = warmup_batches(trt.collect_sizes, image_shape, trt.max_batch_size) if trt else None
     return PaddlePredictor(model_dir, options, warmup)

@@ -62,13 +62,16 @@ def export_onnx(model_dir: str, opset: int = 13, force: bool = False) -> str:
 class OnnxPredictor:
     """ONNX Runtime on CPU; `run(batch)` maps an NCHW float32 batch to the outputs. `threads` intra-op
     threads, operators run one at a time; `spin_wait`: the pool's threads spin after a call (ONNX
-    Runtime's default) or sleep at once (see InferenceOptions.cpu_spin_wait)."""
+    Runtime's default) or sleep at once (see InferenceOptions.cpu_spin_wait). `model_file`: an ONNX model
+    to run as it is (the int8 model of quant_post_static) instead of the folder's converted export."""
 
     name = "onnxruntime"
 
-    def __init__(self, model_dir: str, threads: Optional[int] = None, spin_wait: bool = True):
+    def __init__(self, model_dir: str, threads: Optional[int] = None, spin_wait: bool = True,
+                 model_file: Optional[str] = None, name: Optional[str] = None):
         ort = _require("onnxruntime")
-        path = export_onnx(model_dir)
+        path = model_file or export_onnx(model_dir)
+        self.name = name or self.name
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -29,19 +29,25 @@ CPU_BACKENDS = ("paddle-cpu", "paddle-cpu-onednn", "onnxruntime")
 
 
 def build_cpu_predictor(model_dir: str, backend: str, options: Optional[InferenceOptions] = None):
-    """The predictor of `backend` (one of CPU_BACKENDS) for `model_dir`, with the thread and IR settings
-    of `options`."""
+    """The predictor of `backend` (one of CPU_BACKENDS, or the int8 model's "onnxruntime-int8") for
+    `model_dir`, with the thread and IR settings of `options`."""
+    from .int8_model import INT8_BACKEND, int8_model_file
     from .onnx_backend import OnnxPredictor
     from .paddle_backend import PaddlePredictor
 
     options = options or InferenceOptions()
     if backend == "onnxruntime":
         return OnnxPredictor(model_dir, options.cpu_threads, options.cpu_spin_wait)
+    if backend == INT8_BACKEND:
+        model_file = int8_model_file(model_dir)
+        if model_file is None:
+            raise DeploymentError(f"{model_dir} holds no accepted int8 model (deploy/slim/quant_post_static.py writes one)")
+        return OnnxPredictor(model_dir, options.cpu_threads, options.cpu_spin_wait, model_file=model_file, name=INT8_BACKEND)
     if backend in ("paddle-cpu", "paddle-cpu-onednn"):
         variant = dataclasses.replace(options, backend="paddle", device="cpu", tensorrt=None,
                                       enable_mkldnn=backend == "paddle-cpu-onednn")
         return PaddlePredictor(model_dir, variant)
-    raise DeploymentError(f"unknown CPU backend {backend!r}; valid: {', '.join(CPU_BACKENDS)}")
+    raise DeploymentError(f"unknown CPU backend {backend!r}; valid: {', '.join(CPU_BACKENDS + (INT8_BACKEND,))}")
 
 
 def input_batch(shape: Sequence[int], seed: int = 0) -> np.ndarray:
