@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .engine.engine import Engine
+from .engine import Engine
 
 #: images of each split the runs use (the digits are 32 px: an epoch is a handful of steps)
 TRAIN_IMAGES, VAL_IMAGES, BATCH = 64, 32, 16

@@ -163,7 +163,7 @@ def test_standin_convert_writes_a_prefix_and_an_engine_directory_only_for_a_conv
         module.Input(min_input_shape=SHAPES[0])
 
 
-def test_standins_fail_where_paddle_fails(tmp_path, capsys):
+def test_standins_fail_where_paddle_fails(tmp_path, capsys, monkeypatch):
     """int8 without scales (PIR converter and legacy engine), a missing libnvinfer, an engine that does not
     build or deserialize, an engine input without a shape range."""
     export = fake_export(tmp_path / "export")
@@ -176,39 +176,32 @@ def test_standins_fail_where_paddle_fails(tmp_path, capsys):
     quantized = fake_export(tmp_path / "qdq", ops=QDQ_OPS)
     module.convert(os.path.join(quantized, "inference"), module.TensorRTConfig(
         inputs, save_model_dir=str(tmp_path / "int8q" / "m"), precision_mode=module.PrecisionMode.INT8))
+    with pytest.raises(RuntimeError, match=r"third-party dynamic library \(libnvinfer.so\)"):
+        standins.GpuBuild(libnvinfer=False).runtime_version()
 
     legacy = fake_export(tmp_path / "legacy", "legacy")
-    build = standins.GpuBuild(libnvinfer=False)
-    with pytest.raises(RuntimeError, match=r"third-party dynamic library \(libnvinfer.so\)"):
-        build.runtime_version()
 
     def predictor(precision, calib=False, **faults):
         config = standins.StandInConfig(os.path.join(legacy, "inference.pdmodel"), os.path.join(legacy, "inference.pdiparams"))
         config.enable_tensorrt_engine(precision_mode=precision, use_static=True, use_calib_mode=calib)
         config.set_optim_cache_dir(str(tmp_path / "opt"))
         config.set_trt_dynamic_shape_info({"x": [1, 3, 64, 64]}, {"x": [8, 3, 256, 256]}, {"x": [4, 3, 224, 224]})
-        standins.StandInPredictor.build = standins.GpuBuild(**faults)
-        try:
-            return standins.StandInPredictor(config)
-        finally:
-            standins.StandInPredictor.build = standins.GpuBuild()
+        monkeypatch.setattr(standins.StandInPredictor, "build", standins.GpuBuild(**faults))
+        return standins.StandInPredictor(config)
 
     with pytest.raises(ValueError, match="some trt inputs dynamic shape info not set"):  # index_select_0.tmp_0 has none
         predictor(paddle.inference.Config.Precision.Half)
-    standins.SUBGRAPH_INPUTS, saved = {"x": standins.SUBGRAPH_INPUTS["x"]}, standins.SUBGRAPH_INPUTS
-    try:
-        with pytest.raises(SystemError, match="Build TensorRT cuda engine failed"):
-            predictor(paddle.inference.Config.Precision.Int8)  # no scales, no calibration
-        with pytest.raises(RuntimeError, match="libnvinfer"):
-            predictor(paddle.inference.Config.Precision.Half, libnvinfer=False)
-        with pytest.raises(SystemError, match="Build TensorRT cuda engine failed"):
-            predictor(paddle.inference.Config.Precision.Half, build_fails=True)
-        assert predictor(paddle.inference.Config.Precision.Half).mode == "engine"  # serialized now
-        with pytest.raises(SystemError, match="when deserializing engine info"):
-            predictor(paddle.inference.Config.Precision.Half, deserialize_fails=True)
-        assert predictor(paddle.inference.Config.Precision.Int8, calib=True).mode == "calibrating"
-    finally:
-        standins.SUBGRAPH_INPUTS = saved
+    monkeypatch.setattr(standins, "SUBGRAPH_INPUTS", {"x": standins.SUBGRAPH_INPUTS["x"]})  # a program of one engine
+    with pytest.raises(SystemError, match="Build TensorRT cuda engine failed"):
+        predictor(paddle.inference.Config.Precision.Int8)  # no scales, no calibration
+    with pytest.raises(RuntimeError, match="libnvinfer"):
+        predictor(paddle.inference.Config.Precision.Half, libnvinfer=False)
+    with pytest.raises(SystemError, match="Build TensorRT cuda engine failed"):
+        predictor(paddle.inference.Config.Precision.Half, build_fails=True)
+    assert predictor(paddle.inference.Config.Precision.Half).mode == "engine"  # serialized now
+    with pytest.raises(SystemError, match="when deserializing engine info"):
+        predictor(paddle.inference.Config.Precision.Half, deserialize_fails=True)
+    assert predictor(paddle.inference.Config.Precision.Int8, calib=True).mode == "calibrating"
 
 
 # --- PIR route ---------------------------------------------------------------------------------------------

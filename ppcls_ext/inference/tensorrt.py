@@ -329,8 +329,8 @@ def calibrate(make_config: Callable[[], Config], trt: TensorRTOptions, entry: st
         os.rmdir(written)
     if not tables:
         raise DeploymentError(f"TensorRT int8 calibration on {len(calibration.batches)} batches from "
-                              f"{calibration.source} wrote no calibration table (trt_calib_*): the predictor would "
-                              "calibrate again instead of running int8")
+                              f"{calibration.source} wrote no calibration table (trt_calib_* in {entry} or {written}; "
+                              "is the model folder writable?): the predictor would calibrate again instead of running int8")
     return sorted(tables)
 
 

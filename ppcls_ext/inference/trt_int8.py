@@ -89,7 +89,11 @@ def export_preprocessing(model_dir: str) -> List[Any]:
                           f"{model_dir} has no inference.yml: give a training config (its DataLoader.Eval) instead")
     with open(path, encoding="utf-8") as f:
         description = yaml.safe_load(f) or {}
-    return list(((description.get("PreProcess") or {}).get("transform_ops")) or [])
+    ops = list(((description.get("PreProcess") or {}).get("transform_ops")) or [])
+    if not ops:
+        raise ConfigError(f"{path} has no PreProcess.transform_ops to read the calibration folder with: give a training "
+                          "config (its DataLoader.Eval) as tensorrt.calibration_data")
+    return ops
 
 
 def calibration_set(model_dir: str, trt: TensorRTOptions, shape: Sequence[int]) -> CalibrationSet:
