@@ -325,6 +325,8 @@ def test_no_converted_subgraph_leaves_no_engine_folder_and_still_serves(tmp_path
 
 def test_pir_int8_refuses_a_float_export_before_building_and_takes_a_quantized_one(tmp_path, gpu_build):
     export = fake_export(tmp_path / "export")
+    with pytest.raises(DeploymentError, match="TensorRT needs the input shape range: set tensorrt.shapes"):
+        PaddlePredictor(export, gpu_options(tmp_path / "cache"))  # no shapes, no warm-up shapes
     with pytest.raises(DeploymentError, match=r"TensorRT int8 needs quantization scales, and .*export is a float "
                                               r"export \(no quantize/dequantize ops\)"):
         PaddlePredictor(export, gpu_options(tmp_path / "cache", precision="int8", shapes=SHAPES))
@@ -350,6 +352,7 @@ class _Quantizable(paddle.nn.Layer):
         return self.fc(paddle.nn.functional.adaptive_avg_pool2d(features, 1).flatten(1))
 
 
+@pytest.mark.filterwarnings("ignore:To copy construct from a tensor")  # inside paddle.quantization's observers
 def test_quantization_scales_are_found_in_a_real_qdq_export_and_not_in_a_float_one(tmp_path):
     """The scale detection on real PIR programs: Paddle's own PTQ (QDQ) export and the float export."""
     from paddle.quantization import PTQ, QuantConfig

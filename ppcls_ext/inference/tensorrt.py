@@ -137,7 +137,7 @@ def shape_range(trt: TensorRTOptions, warmup_shapes: Sequence[Sequence[int]],
         return tuple(tuple(int(d) for d in s) for s in trt.shapes)  # type: ignore[return-value]
     if not warmup_shapes:
         raise DeploymentError("TensorRT needs the input shape range: set tensorrt.shapes [min, opt, max] (NCHW) "
-                              "or tensorrt.collect_sizes")
+                              "or tensorrt.collect_sizes (from Python: PaddlePredictor(..., warmup_shapes=...))")
     shapes = np.array([[int(d) for d in s] for s in warmup_shapes])
     low, high = shapes.min(axis=0), shapes.max(axis=0)
     wanted = np.array([int(d) for d in serving_shape]) if serving_shape is not None else high
