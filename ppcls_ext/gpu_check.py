@@ -1,14 +1,23 @@
 """Verify a GPU installation: `python tools/gpu_check.py` on a CUDA build of PaddlePaddle.
 
-For one MicroNet and one EfficientNet it runs: a few AMP O1 and O2 training steps on a fixed batch (loss
-finite and decreasing), NCHW vs NHWC training throughput, SyncBatchNorm under `paddle.distributed.launch`
-when 2+ GPUs are visible, and export + Paddle Inference on GPU + TensorRT fp32/fp16 (PIR export) and int8
-with calibration (legacy export), each against the dygraph model's logits, with latency. It prints one
-table and exits 1 if any check failed. On a CPU build it says in one line what it needs and exits 2.
+For one MicroNet and one EfficientNet it runs these checks (`--only` / `--skip` choose among them):
+  amp          a few AMP O1 and O2 training steps on a fixed batch (loss finite and decreasing)
+  throughput   NCHW vs NHWC training throughput (AMP O1; the timed steps' losses must be finite)
+  engine       real Engine runs (ppcls_ext.engine.Engine): AMP O1 and O2, update_freq 2, EMA, then a resume
+  paddle-gpu   the Paddle 3 export on Paddle Inference, GPU
+  trt-fp32     TensorRT fp32 (the Paddle 3 export through paddle.tensorrt.convert)
+  trt-fp16     TensorRT fp16 (likewise)
+  trt-int8     TensorRT int8 on the legacy export, calibrated on real photos
+  trt-int8-pir TensorRT int8 on the float Paddle 3 export: must be refused before anything is built
+  syncbn       SyncBatchNorm under `paddle.distributed.launch` (2+ GPUs)
+Inference settings are compared with the dygraph model's logits on real photos, with latency. It prints one
+table and exits 1 if a check failed, 3 if none failed but one was skipped (e.g. syncbn on one GPU: `--skip
+syncbn`), 0 when every check ran and passed. On a CPU build it says in one line what it needs and exits 2.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -18,7 +27,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -28,9 +37,17 @@ from ppcls_ext.report import markdown_table
 from ppcls_ext.timing import time_calls
 
 MODELS = ("MicroNet_M0", "EfficientNetB0")
+CHECKS = ("amp", "throughput", "engine", "paddle-gpu", "trt-fp32", "trt-fp16", "trt-int8", "trt-int8-pir", "syncbn")
+INFERENCE_CHECKS = ("paddle-gpu", "trt-fp32", "trt-fp16", "trt-int8", "trt-int8-pir")
 #: largest max |logit difference| / max |logit| accepted per inference setting (TensorRT fp32 may use TF32)
 TOLERANCES = {"paddle-gpu": 1e-3, "trt-fp32": 1e-2, "trt-fp16": 5e-2, "trt-int8": 0.25}
 HEADER = ("model", "check", "setting", "result", "measured")
+#: the export's preprocessing (ImageNet normalisation); `size` is filled in
+PREPROCESS = [{"ResizeImage": {"size": None}},
+              {"NormalizeImage": {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                                  "order": ""}},
+              {"ToCHWImage": None}]
+CALIBRATION_BATCHES = 4
 
 
 @dataclass
@@ -47,7 +64,24 @@ def results_table(rows: Sequence[Row]) -> str:
 
 
 def exit_status(rows: Sequence[Row]) -> int:
-    return 1 if any(row.result.startswith("FAIL") for row in rows) else 0
+    """1 if a check failed, 3 if none failed but one was skipped, 0 when all ran and passed."""
+    if any(row.result.startswith("FAIL") for row in rows):
+        return 1
+    return 3 if any(row.result.startswith("skipped") for row in rows) else 0
+
+
+def selected_checks(only: Optional[str], skip: Optional[str]) -> List[str]:
+    """The checks to run from `--only` / `--skip` (comma-separated names of CHECKS); ValueError names an
+    unknown one."""
+    def names(text: Optional[str]) -> List[str]:
+        chosen = [name.strip() for name in (text or "").split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in CHECKS]
+        if unknown:
+            raise ValueError(f"unknown check {unknown[0]!r}; the checks are {', '.join(CHECKS)}")
+        return chosen
+
+    wanted, skipped = names(only), names(skip)
+    return [name for name in CHECKS if (not wanted or name in wanted) and name not in skipped]
 
 
 def what_is_missing() -> Optional[str]:
@@ -98,14 +132,15 @@ def train_steps(model: paddle.nn.Layer, images: np.ndarray, labels: np.ndarray, 
 
 
 def images_per_second(model: paddle.nn.Layer, images: np.ndarray, labels: np.ndarray, steps: int, warmup: int,
-                      synchronize: Callable[[], None], amp_level: str = "O1") -> float:
-    """Training throughput: `steps` timed steps after `warmup` ones (queued device work finished first)."""
+                      synchronize: Callable[[], None], amp_level: str = "O1") -> Tuple[float, List[float]]:
+    """Training throughput: `steps` timed steps after `warmup` ones (queued device work finished first),
+    and the timed steps' losses."""
     train_steps(model, images, labels, warmup, amp_level)
     synchronize()
     start = time.perf_counter()
-    train_steps(model, images, labels, steps, amp_level)
+    losses = train_steps(model, images, labels, steps, amp_level)
     synchronize()
-    return steps * len(images) / (time.perf_counter() - start)
+    return steps * len(images) / (time.perf_counter() - start), losses
 
 
 def amp_rows(name: str, images: np.ndarray, labels: np.ndarray, classes: int, steps: int) -> List[Row]:
@@ -122,22 +157,37 @@ def amp_rows(name: str, images: np.ndarray, labels: np.ndarray, classes: int, st
 
 def layout_rows(name: str, images: np.ndarray, labels: np.ndarray, classes: int, steps: int,
                 synchronize: Callable[[], None]) -> List[Row]:
-    speed = {fmt: images_per_second(build(name, classes, 0, fmt), images, labels, steps, 3, synchronize)
+    """Training throughput in NCHW and NHWC; a row fails when a timed step's loss is not finite (a fast
+    step that computes NaN is no result)."""
+    timed = {fmt: images_per_second(build(name, classes, 0, fmt), images, labels, steps, 3, synchronize)
              for fmt in ("NCHW", "NHWC")}
-    return [Row(name, "training throughput", f"{fmt}, AMP O1, batch {len(images)}", "ok",
-                f"{speed[fmt]:.0f} img/s" + (f" ({speed['NHWC'] / speed['NCHW']:.2f}x NCHW)" if fmt == "NHWC" else ""))
-            for fmt in ("NCHW", "NHWC")]
+    speed = {fmt: value[0] for fmt, value in timed.items()}
+    rows = []
+    for fmt in ("NCHW", "NHWC"):
+        finite = all(math.isfinite(v) for v in timed[fmt][1])
+        rows.append(Row(name, "training throughput", f"{fmt}, AMP O1, batch {len(images)}",
+                        "ok" if finite else "FAIL: a timed step's loss is not finite",
+                        f"{speed[fmt]:.0f} img/s" + (f" ({speed['NHWC'] / speed['NCHW']:.2f}x NCHW)" if fmt == "NHWC" else "")))
+    return rows
 
 
 def relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
 
 
-def export(model: paddle.nn.Layer, name: str, directory: str, size: int) -> str:
+def preprocessing(size: int) -> List[Dict[str, Any]]:
+    ops = copy.deepcopy(PREPROCESS)
+    ops[0]["ResizeImage"]["size"] = size
+    return ops
+
+
+def export(model: paddle.nn.Layer, name: str, directory: str, size: int, export_format: str = "pir") -> str:
+    """The export tools/export_model.py writes (`export_format` "pir": inference.json; "legacy":
+    inference.pdmodel, written under Paddle's legacy program guard), with the check's preprocessing."""
     from ppcls_ext.engine.export import export_inference_model, inference_config
 
-    return export_inference_model(model, directory, inference_config(name, [], 5, None, [3, size, size], False),
-                                  softmax=False)
+    return export_inference_model(model, directory, inference_config(name, preprocessing(size), 5, None, [3, size, size], False),
+                                  softmax=False, export_format=export_format)
 
 
 def child_env(**extra: str) -> dict:
@@ -147,69 +197,106 @@ def child_env(**extra: str) -> dict:
     return dict(os.environ, PYTHONPATH=path, **extra)
 
 
-def export_legacy(name: str, weights: str, directory: str, size: int, classes: int) -> str:
-    """The legacy (`inference.pdmodel`) export of the same weights: Paddle writes it when the PIR API is
-    off, which has to be set before Paddle starts, so in a child process."""
-    command = [sys.executable, "-m", "ppcls_ext.gpu_check", "--export-legacy", name, weights, directory, str(size), str(classes)]
-    done = subprocess.run(command, env=child_env(FLAGS_enable_pir_api="0"), capture_output=True, text=True)
-    if done.returncode != 0 or not os.path.isfile(os.path.join(directory, "inference.pdmodel")):
-        raise RuntimeError(f"legacy export failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+def photo_folder(directory: str, count: int, size: int, seed: int) -> str:
+    """`count` real photographs (crops of scikit-learn's sample photos, a little larger than `size`) as JPEGs."""
+    from ppcls_ext.data.demo import photo_jpegs
+
+    os.makedirs(directory, exist_ok=True)
+    for index, data in enumerate(photo_jpegs(count, size=(size + size // 4, size + size // 8), seed=seed)):
+        with open(os.path.join(directory, f"photo_{index:03d}.jpg"), "wb") as f:
+            f.write(data)
     return directory
 
 
+def photo_batch(directory: str, batch: int, size: int) -> np.ndarray:
+    """`batch` photos of `directory` through the export's preprocessing, as one NCHW float32 batch."""
+    from ppcls_ext.quant.calibration import calibration_batches
+
+    return calibration_batches(directory, batch_size=batch, num_batches=1, transforms=preprocessing(size))[0]
+
+
+@dataclass
+class Variant:
+    """An inference setting to check: its check name, the export it serves ("pir" or "legacy"), the
+    options, and the refusal expected instead of a result (a DeploymentError containing that text)."""
+
+    label: str
+    route: str
+    options: Any
+    refusal: Optional[str] = None
+
+
 def inference_rows(name: str, model: paddle.nn.Layer, images: np.ndarray, workdir: str,
-                   variants: Sequence[Tuple[str, str, object]]) -> List[Row]:
-    """Each (label, route, InferenceOptions) variant against the dygraph model's logits, and its median
-    latency at the batch's size. Route "pir" serves the Paddle 3 export, "legacy" the inference.pdmodel one."""
+                   variants: Sequence[Variant]) -> List[Row]:
+    """Each variant against the dygraph model's logits, and its median latency at the batch's size (or,
+    for a variant that must be refused, that it is). Route "pir" serves the Paddle 3 export, "legacy" the
+    inference.pdmodel one of the same weights."""
+    from ppcls_ext.inference.options import DeploymentError
     from ppcls_ext.inference.paddle_backend import PaddlePredictor
 
     model.eval()
     with paddle.no_grad():
         expected = model(paddle.to_tensor(images)).numpy()
-    size, classes = images.shape[-1], expected.shape[-1]
-    exports = {"pir": lambda: export(model, name, os.path.join(workdir, "pir"), size)}
-    weights = os.path.join(workdir, "weights.pdparams")
-    exports["legacy"] = lambda: (paddle.save(model.state_dict(), weights),
-                                 export_legacy(name, weights, os.path.join(workdir, "legacy"), size, classes))[1]
-    made = {}
+    size = images.shape[-1]
+    made: Dict[str, object] = {}
     rows = []
-    for label, route, options in variants:
-        if route not in made:
+    for variant in variants:
+        setting = f"{variant.label} ({variant.route} export)"
+        if variant.route not in made:
             try:
-                made[route] = exports[route]()
+                made[variant.route] = export(model, name, os.path.join(workdir, variant.route), size, variant.route)
             except Exception as error:  # noqa: BLE001 (reported in the table)
-                made[route] = error
-        if isinstance(made[route], Exception):  # a legacy export this Paddle cannot write is not the GPU's fault
-            verdict = "skipped" if route == "legacy" else "FAIL"
-            rows.append(Row(name, "inference", f"{label} ({route} export)", f"{verdict}: {made[route]}"[:200]))
+                made[variant.route] = error
+        if isinstance(made[variant.route], Exception):
+            rows.append(Row(name, "inference", setting, f"FAIL: export: {made[variant.route]}"[:200]))
             continue
         try:
-            warmup = lambda: [images[:1], images]  # noqa: E731 (shape collection / calibration batches)
-            predictor = PaddlePredictor(made[route], options, warmup)
-            difference = relative_difference(predictor.run(images), expected)
-            latency = statistics.median(time_calls(lambda: predictor.run(images), repeats=10, warmup=3))
+            shapes = [(1, *images.shape[1:]), images.shape]
+            predictor = PaddlePredictor(str(made[variant.route]), variant.options, shapes, serving_shape=images.shape)
+        except DeploymentError as error:
+            if variant.refusal and variant.refusal in str(error):
+                rows.append(Row(name, "inference", setting, "ok", "refused before building, as it must"))
+            else:
+                rows.append(Row(name, "inference", setting, "FAIL: " + str(error).strip().splitlines()[-1][:160]))
+            continue
         except Exception as error:  # one failing setting is reported, the others still run
-            rows.append(Row(name, "inference", f"{label} ({route} export)",
+            rows.append(Row(name, "inference", setting,
                             "FAIL: " + (str(error).strip().splitlines() or [type(error).__name__])[-1][:160]))
             continue
-        tolerance = TOLERANCES.get(label, 1e-3)
-        rows.append(Row(name, "inference", f"{label} ({route} export)",
-                        "ok" if difference <= tolerance else f"FAIL: above {tolerance:g}",
+        if variant.refusal:
+            rows.append(Row(name, "inference", setting, f"FAIL: built; expected a refusal ({variant.refusal})"))
+            continue
+        try:
+            difference = relative_difference(predictor.run(images), expected)
+            latency = statistics.median(time_calls(lambda: predictor.run(images), repeats=10, warmup=3))
+        except Exception as error:  # noqa: BLE001 (reported in the table)
+            rows.append(Row(name, "inference", setting, "FAIL: " + (str(error).strip().splitlines() or [type(error).__name__])[-1][:160]))
+            continue
+        tolerance = TOLERANCES.get(variant.label, 1e-3)
+        rows.append(Row(name, "inference", setting, "ok" if difference <= tolerance else f"FAIL: above {tolerance:g}",
                         f"rel. logit diff {difference:.1e}, {latency * 1e3:.2f} ms at batch {len(images)}"))
     return rows
 
 
-def gpu_variants(cache: str, batch: int, size: int) -> List[Tuple[str, str, object]]:
+def gpu_variants(cache: str, batch: int, size: int, calibration_photos: str, checks: Sequence[str]) -> List[Variant]:
+    """The inference settings among `checks`: Paddle on GPU, TensorRT fp32/fp16 (PIR export), int8
+    calibrated on `calibration_photos` (legacy export), and int8 on the float PIR export (refused)."""
     from ppcls_ext.inference.options import InferenceOptions, TensorRTOptions
 
     shapes = ((1, 3, size, size), (batch, 3, size, size), (batch, 3, size, size))
-    variants = [("paddle-gpu", "pir", InferenceOptions(device="gpu"))]
-    for precision in ("fp32", "fp16"):
-        variants.append((f"trt-{precision}", "pir", InferenceOptions(device="gpu", tensorrt=TensorRTOptions(
-            precision=precision, shapes=shapes, cache_dir=cache))))
-    variants.append(("trt-int8", "legacy", InferenceOptions(device="gpu", tensorrt=TensorRTOptions(
-        precision="int8", calibration=True, max_batch_size=batch, collect_sizes=[size], cache_dir=cache))))
-    return variants
+
+    def trt(**options: Any) -> Any:
+        return InferenceOptions(device="gpu", tensorrt=TensorRTOptions(shapes=shapes, cache_dir=cache, **options))
+
+    variants = {
+        "paddle-gpu": Variant("paddle-gpu", "pir", InferenceOptions(device="gpu")),
+        "trt-fp32": Variant("trt-fp32", "pir", trt(precision="fp32")),
+        "trt-fp16": Variant("trt-fp16", "pir", trt(precision="fp16")),
+        "trt-int8": Variant("trt-int8", "legacy", trt(precision="int8", calibration=True, calibration_data=calibration_photos,
+                                                      calibration_batches=CALIBRATION_BATCHES)),
+        "trt-int8-pir": Variant("trt-int8-pir", "pir", trt(precision="int8"), refusal="needs quantization scales"),
+    }
+    return [variants[name] for name in INFERENCE_CHECKS if name in checks]
 
 
 def sync_batchnorm_worker(output: str) -> None:
@@ -258,17 +345,48 @@ def sync_batchnorm_row(workdir: str) -> Row:
                f"BN mean vs whole batch {result['vs_full_batch']:.1e}, between ranks {result['between_ranks']:.1e}")
 
 
-def run_checks(models: Sequence[str], batch: int, size: int, steps: int, workdir: str) -> List[Row]:
+def run_checks(models: Sequence[str], batch: int, size: int, steps: int, workdir: str, checks: Sequence[str]) -> List[Row]:
     paddle.set_device("gpu:0")
     rows: List[Row] = []
+    photos = os.path.join(workdir, "photos")
+    if any(name in INFERENCE_CHECKS for name in checks):
+        photo_folder(os.path.join(photos, "check"), batch, size, seed=1)
+        photo_folder(os.path.join(photos, "calibration"), CALIBRATION_BATCHES * batch, size, seed=2)
+    digits = os.path.join(workdir, "digits")
+    if "engine" in checks:
+        from ppcls_ext.data.demo import make_digits_dataset
+
+        make_digits_dataset(digits)
     for name in models:
         images, labels = fixed_batch(batch, size, 10)
-        rows += amp_rows(name, images, labels, 10, steps)
-        rows += layout_rows(name, images, labels, 10, steps, paddle.device.cuda.synchronize)
+        if "amp" in checks:
+            rows += amp_rows(name, images, labels, 10, steps)
+        if "throughput" in checks:
+            rows += layout_rows(name, images, labels, 10, steps, paddle.device.cuda.synchronize)
+        if "engine" in checks:
+            rows += engine_rows(name, digits, os.path.join(workdir, "engine"))
         directory = os.path.join(workdir, name)
-        rows += inference_rows(name, build(name, 10, seed=0), images, directory,
-                               gpu_variants(os.path.join(directory, "tensorrt_cache"), batch, size))
-    rows.append(sync_batchnorm_row(workdir))
+        variants = gpu_variants(os.path.join(directory, "tensorrt_cache"), batch, size, os.path.join(photos, "calibration"), checks)
+        if variants:
+            rows += inference_rows(name, build(name, 10, seed=0), photo_batch(os.path.join(photos, "check"), batch, size),
+                                   directory, variants)
+    if "syncbn" in checks:
+        rows.append(sync_batchnorm_row(workdir))
+    return rows
+
+
+def engine_rows(name: str, data_dir: str, workdir: str, device: str = "gpu") -> List[Row]:
+    """gpu_check_engine's runs at AMP O1 and O2, one row each (a failure to run is a FAIL row)."""
+    from ppcls_ext.gpu_check_engine import engine_row
+
+    rows = []
+    for level in ("O1", "O2"):
+        try:
+            row = engine_row(name, level, data_dir, workdir, device)
+        except Exception as error:  # noqa: BLE001 (reported in the table)
+            row = {"setting": f"AMP {level}, update_freq 2, EMA, 2 epochs + resume",
+                   "result": "FAIL: " + (str(error).strip().splitlines() or [type(error).__name__])[-1][:160], "measured": ""}
+        rows.append(Row(name, "Engine", row["setting"], row["result"], row["measured"]))
     return rows
 
 
@@ -278,25 +396,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=8, help="AMP training steps (and timed throughput steps)")
+    parser.add_argument("--only", help=f"comma-separated checks to run (of {', '.join(CHECKS)})")
+    parser.add_argument("--skip", help="comma-separated checks to leave out")
     parser.add_argument("--workdir", help="where exports and engines go (default: a temporary folder)")
     parser.add_argument("--sync-bn-worker", metavar="OUTPUT", help=argparse.SUPPRESS)
-    parser.add_argument("--export-legacy", nargs=5, metavar="X", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sync_bn_worker:
         sync_batchnorm_worker(args.sync_bn_worker)
         return 0
-    if args.export_legacy:
-        name, weights, directory, size, classes = args.export_legacy
-        model = build(name, int(classes), seed=0)
-        model.set_state_dict(paddle.load(weights))
-        export(model, name, directory, int(size))
-        return 0
+    try:
+        checks = selected_checks(args.only, args.skip)
+    except ValueError as error:
+        parser.error(str(error))
+    if not checks:
+        parser.error("--only/--skip leave no check to run")
     missing = what_is_missing()
     if missing:
         print(missing, file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="ppcls_ext_gpu_check_") as scratch:
-        rows = run_checks(args.models.split(","), args.batch, args.size, args.steps, args.workdir or scratch)
+        rows = run_checks(args.models.split(","), args.batch, args.size, args.steps, args.workdir or scratch, checks)
     print(results_table(rows))
     return exit_status(rows)
 

@@ -23,6 +23,7 @@ from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
 from ..output_paths import ensure_directory
 from ..weights import SourceNumerics, load_weights, load_weights_file, numerics_record, read_starting_weights
+from .amp_support import supported_level
 from .checkpoint import (cast_to_model_dtypes, load_checkpoint, portable_optimizer_state, recover_checkpoints,
                          restore_optimizer_state, save_checkpoint)
 from .ema import ModelEMA
@@ -235,7 +236,7 @@ class Engine:
             logger.warning("AMP (mixed precision) needs a GPU; %s in float32 on CPU",
                            "training" if self.mode == "train" else "evaluating")
             level = None
-        self.amp_level = level
+        self.amp_level = level = supported_level(level, self.device)
         fp16_test = bool(amp.get("use_fp16_test", False))
         self.amp_eval = bool(level) and (fp16_test or (self.mode == "train" and level == "O2"))
         if self.amp_eval and not fp16_test and self.eval_loader is not None:

@@ -20,7 +20,7 @@ from ..timing import SETTLE_SECONDS, alternate, median_ms
 from .int8_model import INT8_BACKEND, INT8_FILE, int8_model_file
 from .onnx_backend import OnnxPredictor
 from .options import DeploymentError, InferenceOptions
-from .paddle_backend import PaddlePredictor, computes_channels_last, warmup_batches
+from .paddle_backend import PaddlePredictor, computes_channels_last, warmup_shapes
 from .worker import BackendProcess, build_cpu_predictor
 
 logger = logging.getLogger("ppcls_ext")
@@ -52,7 +52,8 @@ def read_description(model_dir: str) -> Optional[Dict[str, Any]]:
 
 def load_predictor(model_dir: str, options: InferenceOptions, image_shape: Sequence[int], batch_size: int):
     """`create_predictor`, with a file that the backend cannot read reported as an ExportError naming the
-    folder (Paddle Inference and ONNX Runtime raise RuntimeError, ValueError or their own types)."""
+    folder (Paddle Inference and ONNX Runtime raise RuntimeError, ValueError or their own types). TensorRT's
+    failures (library, engine build, cached engine) arrive as DeploymentError (TensorRTError) naming them."""
     try:
         return create_predictor(model_dir, options, image_shape, batch_size)
     except (DeploymentError, ConfigError):
@@ -128,8 +129,10 @@ def create_predictor(model_dir: str, options: InferenceOptions, image_shape: Seq
     if options.backend == "onnxruntime":
         return OnnxPredictor(model_dir, options.cpu_threads, options.cpu_spin_wait)
     trt = options.tensorrt
-    warmup = warmup_batches(trt.collect_sizes, image_shape, trt.max_batch_size) if trt else None
-    return PaddlePredictor(model_dir, options, warmup)
+    if trt is None:
+        return PaddlePredictor(model_dir, options)
+    return PaddlePredictor(model_dir, options, warmup_shapes(trt.collect_sizes, image_shape, trt.max_batch_size),
+                           serving_shape=(batch_size, *image_shape))
 
 
 class DeployedClassifier:

@@ -20,8 +20,11 @@ class DeploymentError(RuntimeError):
 @dataclass
 class TensorRTOptions:
     """TensorRT subgraphs on GPU. Input shapes are dynamic: give `shapes` = (min, opt, max) NCHW, or let
-    a short warm-up run on the `collect_sizes` images collect them. Converted models / serialized
-    engines are kept in `cache_dir`, so the second start skips the build."""
+    the range span batch 1 and `max_batch_size` at the `collect_sizes` (opt: the batch and image size the
+    service runs). Converted models / serialized engines are kept in `cache_dir`, so the second start skips
+    the build. int8 takes its scales from a quantized export, or, with `calibration`, from
+    `calibration_batches` batches of real images at the opt shape read from `calibration_data` (a folder
+    of images, read with the export's preprocessing, or a training config, read from its DataLoader.Eval)."""
 
     precision: str = "fp32"
     min_subgraph_size: int = 3
@@ -31,10 +34,22 @@ class TensorRTOptions:
     collect_sizes: Sequence[int] = ()
     cache_dir: Optional[str] = None
     calibration: bool = False
+    calibration_data: Optional[str] = None
+    calibration_batches: int = 8
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"TensorRT precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.calibration and self.precision != "int8":
+            raise ConfigError(f"tensorrt.calibration is int8 calibration; precision is {self.precision!r} (set use_int8: True)")
+        if self.calibration and not self.calibration_data:
+            raise ConfigError("tensorrt.calibration needs tensorrt.calibration_data: a folder of calibration images "
+                              "(read with the export's preprocessing) or a training config (its DataLoader.Eval images)")
+        if self.calibration_data and not self.calibration:
+            raise ConfigError("tensorrt.calibration_data is read only with tensorrt.calibration: True")
+        if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) \
+                or self.calibration_batches < 1:
+            raise ConfigError(f"tensorrt.calibration_batches must be a positive integer, got {self.calibration_batches!r}")
         if self.shapes is not None:
             self.shapes = tuple(tuple(int(d) for d in shape) for shape in self.shapes)
             if len(self.shapes) != 3 or any(len(s) != 4 for s in self.shapes):

@@ -2,13 +2,14 @@
 
 TensorRT (tensorrt.py) has two routes, chosen by the export's format: PIR programs (`inference.json`)
 are converted once with `paddle.tensorrt.convert` and the converted model is loaded; legacy programs
-(`inference.pdmodel`) get `Config.enable_tensorrt_engine`.
+(`inference.pdmodel`) get `Config.enable_tensorrt_engine`. TensorRT's own failures (library, engine build,
+cached engine) reach the caller as TensorRTError naming them.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -16,7 +17,8 @@ import yaml
 from paddle.inference import Config, create_predictor
 
 from .options import DeploymentError, InferenceOptions
-from .tensorrt import convert_for_tensorrt, legacy_tensorrt_config
+from .tensorrt import cache_root, convert_for_tensorrt, legacy_tensorrt_config, shape_range
+from .trt_runtime import named_errors
 
 logger = logging.getLogger("ppcls_ext")
 PROGRAM_FILES = {"pir": "inference.json", "legacy": "inference.pdmodel"}
@@ -86,20 +88,25 @@ def base_config(model_dir: str, options: InferenceOptions) -> Config:
 class PaddlePredictor:
     """Runs an export with Paddle Inference; `run(batch)` maps an NCHW float32 batch to the outputs."""
 
-    def __init__(self, model_dir: str, options: InferenceOptions,
-                 warmup: Optional[Callable[[], List[np.ndarray]]] = None):
+    def __init__(self, model_dir: str, options: InferenceOptions, warmup_shapes: Sequence[Sequence[int]] = (),
+                 serving_shape: Optional[Sequence[int]] = None):
+        """With TensorRT: `warmup_shapes` span the input shape range unless `tensorrt.shapes` is given, and
+        `serving_shape` (the batch and image size served) is the opt shape within it."""
         self.model_dir, self.options = model_dir, options
         trt = options.tensorrt
-        if trt is not None:
-            require_tensorrt()
-        if trt is not None and model_format(model_dir) == "pir":  # the converted model, engines embedded
-            config = base_config(convert_for_tensorrt(model_dir, trt, options.gpu_id, warmup), options)
-        elif trt is not None:
-            config = legacy_tensorrt_config(model_dir, trt, options.gpu_id, lambda: base_config(model_dir, options), warmup)
+        if trt is None:
+            self.config = base_config(model_dir, options)
+            self.predictor = create_predictor(self.config)
         else:
-            config = base_config(model_dir, options)
-        self.config = config
-        self.predictor = create_predictor(config)
+            require_tensorrt()
+            with named_errors(cache_root(model_dir, trt)):
+                shapes = shape_range(trt, warmup_shapes, serving_shape)
+                if model_format(model_dir) == "pir":  # the converted model, engines embedded
+                    self.config = base_config(convert_for_tensorrt(model_dir, trt, options.gpu_id, shapes), options)
+                else:
+                    self.config = legacy_tensorrt_config(model_dir, trt, options.gpu_id,
+                                                         lambda: base_config(model_dir, options), shapes)
+                self.predictor = create_predictor(self.config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.name = self.describe(options)
 
@@ -117,13 +124,8 @@ class PaddlePredictor:
         return self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu()
 
 
-def warmup_batches(sizes: Iterable[int], image_size: Sequence[int], max_batch: int) -> Callable[[], List[np.ndarray]]:
-    """Shape-collection inputs: batch 1 and `max_batch` at every size in `sizes` (square), values in the
-    normalised range. Collected shapes only need to span what the service will see."""
-
-    def make() -> List[np.ndarray]:
-        rng = np.random.default_rng(0)
-        sizes_ = list(sizes) or [int(image_size[-1])]
-        return [rng.standard_normal((n, 3, s, s)).astype(np.float32) for s in sizes_ for n in sorted({1, max_batch})]
-
-    return make
+def warmup_shapes(sizes: Iterable[int], image_size: Sequence[int], max_batch: int) -> List[Tuple[int, int, int, int]]:
+    """The shapes TensorRT's input range spans: batch 1 and `max_batch` at every size in `sizes` (square;
+    the export's size when empty)."""
+    sizes_ = list(sizes) or [int(image_size[-1])]
+    return [(n, int(image_size[0]), s, s) for s in sizes_ for n in sorted({1, max_batch})]

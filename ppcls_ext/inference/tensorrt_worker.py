@@ -2,9 +2,8 @@
 
 It runs `paddle.tensorrt.convert` where the parent chose the GPU (through CUDA_VISIBLE_DEVICES), and keeps
 the converter's process-wide state (static mode, global scope, `FLAGS_trt_min_group_size`) out of the
-serving process. The request names the export prefix, the save prefix, the precision and the shapes
-(explicit min/opt/max or warm-up batches in an .npz). Exit status 2 with one line when this Paddle has no
-`paddle.tensorrt`.
+serving process. The request names the export prefix, the save prefix, the precision and the explicit
+min/opt/max shapes. Exit status 2 with one line when this Paddle has no `paddle.tensorrt`.
 """
 from __future__ import annotations
 
@@ -13,20 +12,13 @@ import os
 import sys
 from typing import Dict, List
 
-import numpy as np
-
 
 def convert(request: Dict[str, object]) -> None:
     """Convert `request["model"]` (an export prefix) into `request["save"]` with paddle.tensorrt."""
     from paddle.tensorrt.export import Input, PrecisionMode, TensorRTConfig, convert as trt_convert
 
-    if request["shapes"]:
-        low, opt, high = (tuple(shape) for shape in request["shapes"])
-        inputs = [Input(min_input_shape=low, optim_input_shape=opt, max_input_shape=high)]
-    else:
-        with np.load(str(request["batches"])) as archive:
-            batches: List[np.ndarray] = [archive[f"arr_{i}"] for i in range(len(archive.files))]
-        inputs = [Input(warmup_data=tuple(batches))]
+    low, opt, high = (tuple(int(d) for d in shape) for shape in request["shapes"])
+    inputs = [Input(min_input_shape=low, optim_input_shape=opt, max_input_shape=high)]
     config = TensorRTConfig(inputs=inputs, min_subgraph_size=int(request["min_subgraph_size"]),
                             save_model_dir=str(request["save"]),
                             precision_mode=PrecisionMode[str(request["precision"]).upper()],
