@@ -9,10 +9,8 @@ import paddle
 import paddle.nn.functional as F
 
 from ..config import ConfigError
+from ..data.image_io import IMAGE_EXTENSIONS
 from .postprocess import Topk
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
-                    ".ppm", ".pgm", ".pbm", ".pnm")
 
 
 def collect_images(source: Union[str, Sequence[str]]) -> List[str]:
