@@ -23,6 +23,7 @@ from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
 from ..output_paths import ensure_directory
 from ..weights import SourceNumerics, load_weights, load_weights_file, numerics_record, read_starting_weights
+from .class_map import use_folder_class_names
 from .checkpoint import (cast_to_model_dtypes, load_checkpoint, portable_optimizer_state, recover_checkpoints,
                          restore_optimizer_state, save_checkpoint)
 from .ema import ModelEMA
@@ -127,6 +128,7 @@ class Engine:
         self.output_dir = os.path.join(self.glob.get("output_dir", "./output"), self.model_name)
         ensure_directory(self.output_dir, "Global.output_dir")
         init_logger(os.path.join(self.output_dir, f"{mode}.log"), self.rank)
+        use_folder_class_names(config, mode, self.output_dir)  # ImageFolderDataset: its class names name the outputs
         self._check_config()
         self.device = _set_device(self.glob.get("device", "cpu"))
         if self.device == "cpu":
