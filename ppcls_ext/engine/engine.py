@@ -23,9 +23,9 @@ from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
 from ..output_paths import ensure_directory
 from ..weights import SourceNumerics, load_weights, load_weights_file, numerics_record, read_starting_weights
-from .class_map import use_folder_class_names
 from .checkpoint import (cast_to_model_dtypes, load_checkpoint, portable_optimizer_state, recover_checkpoints,
                          restore_optimizer_state, save_checkpoint)
+from .class_map import use_folder_class_names
 from .ema import ModelEMA
 from .export import EXPORT_FORMATS, deploy_transforms, export_inference_model, inference_config
 from .log import AverageMeter, ScalarWriter, epoch_line, init_logger, logger, train_line
