@@ -222,8 +222,8 @@ class PaddleClasBackbone:
         output. "Before" is registration order at each level of the path, as `stop_after`'s "after":
         `stages[3]` freezes the stem and stages 0-3. Frozen parameters take no gradient and so get no
         optimizer state, and the frozen layers run in evaluation mode while the model trains (batch-norm
-        statistics kept, no dropout or drop-path), which PaddleClas, which only cuts the gradient, does not
-        do. Parameter names are unchanged (PaddleClas wraps the layer instead)."""
+        statistics kept, no dropout or drop-path); PaddleClas only cuts the gradient. Parameter names are
+        unchanged (PaddleClas wraps the layer instead)."""
         steps = resolve_layer_pattern(self, layer_name)
         for parent, name in steps:
             for child_name, child in parent.named_children():
