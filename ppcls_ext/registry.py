@@ -176,7 +176,7 @@ def with_source_numerics(name: str, options: Mapping[str, object], source: Sourc
     return {**wanted, **options}
 
 #: PaddleClas's backbone keywords, accepted for every family
-BACKBONE_OPTIONS = ("return_patterns", "return_stages", "stop_after", "freeze_befor")
+BACKBONE_OPTIONS = ("return_patterns", "return_stages", "stop_after", "freeze_befor", "lr_mult_list")
 
 
 def create_model(
@@ -207,7 +207,7 @@ def create_model(
         PaddleClas's EfficientNetV2_S); drop_path_rate, padding ("same" / "symmetric") and bn_epsilon
         (EfficientNets); recompute (EfficientNets: True or a list of stage indices, activation
         recomputation in training); and PaddleClas's backbone keywords for every family: return_patterns,
-        return_stages, stop_after, freeze_befor (see `ImageClassifier.init_net`).
+        return_stages, stop_after, freeze_befor, lr_mult_list (see `ImageClassifier.init_net`).
     """
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")

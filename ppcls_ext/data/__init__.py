@@ -1,5 +1,5 @@
-"""Data pipeline pieces that speak PaddleClas: the ImageNet-format dataset and its loader, image transform
-ops, batch ops (mixup/cutmix) and their builders, and the offline demo dataset."""
+"""Data pipeline pieces that speak PaddleClas: the ImageNet-format and class-per-folder datasets and their
+loader, image transform ops, batch ops (mixup/cutmix) and their builders, and the offline demo dataset."""
 from .batch_ops import BATCH_OPS, BatchCompose, CutmixOperator, MixupOperator, OpSampler, build_batch_ops
 from .transforms import (
     TRANSFORM_OPS,
@@ -19,5 +19,6 @@ from .transforms import (
     build_transforms,
 )
 from .dataset import ImageNetDataset, IndexedDataset, read_label_file
+from .image_folder import ImageFolderDataset, scan_image_folder
 from .demo import make_digits_dataset
 from .loader import WorkerSeeder, build_dataloader

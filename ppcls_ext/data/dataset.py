@@ -145,16 +145,23 @@ class ImageNetDataset(Dataset):
                 raise
             return FailedSample(str(error))
 
+    #: how to leave an unreadable image out of evaluation, in its error message
+    removal_hint = "fix the file or remove the line"
+
+    def position(self, index: int) -> str:
+        """Where sample `index` is listed (in `label_path`), for messages."""
+        return f"line {self.line_numbers[index]}"
+
     def sample(self, index: int):
         """(image, label) at `index`, or in training, when it is unreadable, at a random other index."""
         for _ in range(MAX_UNREADABLE_IN_A_ROW):
             try:
                 return self.load(index), np.int64(self.labels[index])
             except ValueError as error:
-                failure = f"(line {self.line_numbers[index]}) {error}"
+                failure = f"({self.position(index)}) {error}"
                 if not self.skip_broken:
-                    raise DataError(f"{self.label_path}, line {self.line_numbers[index]}: unreadable image {error} "
-                                    "(evaluation does not skip images: fix the file or remove the line)") from error
+                    raise DataError(f"{self.label_path}, {self.position(index)}: unreadable image {error} "
+                                    f"(evaluation does not skip images: {self.removal_hint})") from error
                 logger.warning("skipping unreadable training image %s", failure)
                 index = random.randrange(len(self))
         raise DataError(f"{self.label_path}: {MAX_UNREADABLE_IN_A_ROW} unreadable training images in a row, the last "

@@ -1,11 +1,10 @@
-"""Image files in a folder: which names count as images, walked in one fixed order."""
+"""Image files in a folder (the extensions of `image_io.IMAGE_EXTENSIONS`), walked in one fixed order."""
 from __future__ import annotations
 
 import os
 from typing import List
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
-                    ".ppm", ".pgm", ".pbm", ".pnm")
+from .image_io import IMAGE_EXTENSIONS
 
 
 def walk_images(folder: str) -> List[str]:

@@ -53,6 +53,14 @@ from PIL import Image, ImageOps
 from .native_stderr import native_stderr
 
 DEFAULT_MAX_PIXELS = 2 ** 28
+#: the file extensions taken as images when a folder is read (tools/infer.py, ImageFolderDataset), any case
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
+                    ".ppm", ".pgm", ".pbm", ".pnm")
+#: the first bytes of each format the decoder reads -> its name (WebP: RIFF, 4 size bytes, then WEBP)
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+#: how many leading bytes `image_format` needs
+SIGNATURE_BYTES = 12
 BACKENDS = ("cv2", "pil")
 
 _OPENCV_FORMATS = frozenset({"PNG", "BMP", "WEBP"})  # besides JPEG, which is told from its own header
@@ -82,6 +90,19 @@ class JpegFrame(NamedTuple):
     height: int
     components: int
     complete: bool
+
+
+def image_format(header: bytes) -> Optional[str]:
+    """The format whose signature `header` (a file's first SIGNATURE_BYTES bytes) starts with, among those
+    `decode_image` reads; None for anything else. Checks the file type only, not that the pixels decode."""
+    for signature, name in _SIGNATURES:
+        if header.startswith(signature):
+            return name
+    if header[:4] == b"RIFF" and header[8:12] == b"WEBP":
+        return "WebP"
+    if len(header) > 2 and header[:1] == b"P" and header[1:2] in b"123456" and header[2:3].isspace():
+        return "PNM"
+    return None
 
 
 def decode_image(data: bytes, backend: str = "cv2", max_pixels: int = DEFAULT_MAX_PIXELS,

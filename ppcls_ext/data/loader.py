@@ -15,9 +15,10 @@ from .batch_ops import build_batch_ops
 from .dataset import DataError, FailedSample, ImageNetDataset, IndexedDataset
 from .device_normalize import ATTRIBUTE as DEVICE_NORMALIZE
 from .device_normalize import split_normalization
+from .image_folder import ImageFolderDataset
 from .transforms import build_transforms
 
-DATASETS = {"ImageNetDataset": ImageNetDataset}
+DATASETS = {"ImageNetDataset": ImageNetDataset, "ImageFolderDataset": ImageFolderDataset}
 SAMPLERS = ("DistributedBatchSampler", "BatchSampler")
 #: PaddleClas's loader keys, and paddle.io.DataLoader's prefetch depth
 LOADER_KEYS = {"num_workers", "use_shared_memory", "prefetch_factor", "normalize_on_device"}
@@ -124,10 +125,10 @@ def build_dataset(dataset_cfg: Mapping[str, Any], where: str, skip_broken: bool)
     args = dict(dataset_cfg)
     name = args.pop("name", None)
     if name is None:
-        raise ConfigError(f"{where}.name is missing (e.g. ImageNetDataset)")
+        raise ConfigError(f"{where}.name is missing (e.g. ImageNetDataset or ImageFolderDataset)")
     args.pop("batch_transform_ops", None)
     args["transform_ops"] = build_transforms(args.pop("transform_ops", None) or [], f"{where}.transform_ops")
-    if name == "ImageNetDataset":
+    if name in DATASETS:
         args["skip_broken"] = skip_broken
     return build_from_registry("dataset", DATASETS, name, args, where)
 

@@ -26,6 +26,7 @@ from ..weights import SourceNumerics, load_weights, load_weights_file, numerics_
 from .amp_support import supported_level
 from .checkpoint import (cast_to_model_dtypes, load_checkpoint, portable_optimizer_state, recover_checkpoints,
                          restore_optimizer_state, save_checkpoint)
+from .class_map import use_folder_class_names
 from .ema import ModelEMA
 from .export import EXPORT_FORMATS, deploy_transforms, export_inference_model, inference_config
 from .log import AverageMeter, ScalarWriter, epoch_line, init_logger, logger, train_line
@@ -128,6 +129,7 @@ class Engine:
         self.output_dir = os.path.join(self.glob.get("output_dir", "./output"), self.model_name)
         ensure_directory(self.output_dir, "Global.output_dir")
         init_logger(os.path.join(self.output_dir, f"{mode}.log"), self.rank)
+        use_folder_class_names(config, mode, self.output_dir)  # ImageFolderDataset: its class names name the outputs
         self._check_config()
         self.device = _set_device(self.glob.get("device", "cpu"))
         if self.device == "cpu":

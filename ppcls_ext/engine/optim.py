@@ -228,7 +228,9 @@ def _weight_decay(cfg: Mapping[str, Any], where: str) -> float:
 
 def decay_groups(named_params: Sequence[tuple], no_decay_names: Sequence[str], one_dim_no_decay: bool) -> tuple:
     """Split trainable parameters into (decayed, exempt): exempt when the structured name contains one
-    of `no_decay_names` (e.g. "bn", "bias") or, with `one_dim_no_decay`, when it is 1-D (BN, biases)."""
+    of `no_decay_names` (e.g. "bn", "bias") or, with `one_dim_no_decay`, when it is 1-D (BN, biases).
+    Frozen parameters (`stop_gradient`: `freeze_befor`, a 0 in `lr_mult_list`) are in neither: the
+    optimizer never sees them, so they get no state and no weight decay."""
     decayed, exempt = [], []
     for name, param in named_params:
         if param.stop_gradient:
@@ -238,12 +240,31 @@ def decay_groups(named_params: Sequence[tuple], no_decay_names: Sequence[str], o
     return decayed, exempt
 
 
+def lr_multiplier(param: paddle.Tensor) -> float:
+    """The multiplier of the optimizer's learning rate for `param`: what `ParamAttr(learning_rate=m)` (PaddleClas's
+    `lr_mult`) or `lr_mult_list` set, which Paddle keeps in `param.optimize_attr`; 1 when unset."""
+    return float((getattr(param, "optimize_attr", None) or {}).get("learning_rate", 1.0))
+
+
+def param_groups(decayed: Sequence[paddle.Tensor], exempt: Sequence[paddle.Tensor], coeff: float) -> List[Dict[str, Any]]:
+    """Paddle parameter groups, one per (weight decay, learning-rate multiplier): a group's `learning_rate`
+    becomes each of its parameters' multiplier (Paddle's `_add_param_group` writes it over the one the
+    model set, which would otherwise be lost)."""
+    groups: Dict[tuple, List[paddle.Tensor]] = {}
+    for params, decay in ((decayed, coeff), (exempt, 0.0)):
+        for param in params:
+            groups.setdefault((decay, lr_multiplier(param)), []).append(param)
+    return [{"params": params, "weight_decay": decay, "learning_rate": multiplier}
+            for (decay, multiplier), params in groups.items()]
+
+
 def build_optimizer(cfg: Mapping[str, Any], model: paddle.nn.Layer, schedule: LRScheduler,
                     where: str = "Optimizer") -> paddle.optimizer.Optimizer:
     """Momentum, SGD, RMSProp (TF-style unless `tf_style: False`) or AdamW with L2 weight decay,
     optionally exempting parameters by name (`no_weight_decay_name: "bn bias"`) or by being 1-D
     (`one_dim_param_no_weight_decay: True`), gradient clipping by the global norm over all parameters
-    (`clip_norm`) and float32 master weights for float16 parameters (`multi_precision`, all optimizers)."""
+    (`clip_norm`) and float32 master weights for float16 parameters (`multi_precision`, all optimizers).
+    Each parameter keeps its learning-rate multiplier (`lr_multiplier`); frozen parameters are left out."""
     name = cfg.get("name")
     if name not in OPTIMIZERS:
         raise ConfigError(f"{where}.name: unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -254,16 +275,16 @@ def build_optimizer(cfg: Mapping[str, Any], model: paddle.nn.Layer, schedule: LR
     coeff = _weight_decay(cfg, where)
     no_decay_names = str(cfg.get("no_weight_decay_name") or "").split()
     decayed, exempt = decay_groups(list(model.named_parameters()), no_decay_names, bool(cfg.get("one_dim_param_no_weight_decay", False)))
+    if not decayed and not exempt:
+        raise ConfigError(f"{where}: the model has no trainable parameter (all frozen, e.g. by Arch.freeze_befor or "
+                          "zeros in Arch.lr_mult_list): nothing to train")
     args = {key_map[key]: value for key, value in cfg.items() if key in key_map}
     if name == "AdamW":
         exempt_names = {p.name for p in exempt}
         args.update(parameters=decayed + exempt, weight_decay=coeff,
                     apply_decay_param_fun=lambda param_name: param_name not in exempt_names)
     else:
-        groups: List[Dict[str, Any]] = [{"params": decayed, "weight_decay": coeff}]
-        if exempt:
-            groups.append({"params": exempt, "weight_decay": 0.0})
-        args.update(parameters=groups, weight_decay=coeff)
+        args.update(parameters=param_groups(decayed, exempt, coeff), weight_decay=coeff)
     if "multi_precision" in cfg:
         args["multi_precision"] = bool(cfg["multi_precision"])
     if cfg.get("clip_norm"):

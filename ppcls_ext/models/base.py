@@ -218,10 +218,42 @@ class PaddleClasBackbone:
         return patterns
 
     def freeze_befor(self, layer_name: str) -> bool:
-        """Stop gradients at the named layer's output: it and every layer before it stay frozen
-        (PaddleClas's spelling). Parameter names are unchanged (PaddleClas wraps the layer instead)."""
-        self._tap(_layer_at(resolve_layer_pattern(self, layer_name)), detach=True)
+        """Freeze the named layer and every layer before it (PaddleClas's spelling); gradients stop at its
+        output. "Before" is registration order at each level of the path, as `stop_after`'s "after":
+        `stages[3]` freezes the stem and stages 0-3. Frozen parameters take no gradient and so get no
+        optimizer state, and the frozen layers run in evaluation mode while the model trains (batch-norm
+        statistics kept, no dropout or drop-path); PaddleClas only cuts the gradient. Parameter names are
+        unchanged (PaddleClas wraps the layer instead)."""
+        steps = resolve_layer_pattern(self, layer_name)
+        for parent, name in steps:
+            for child_name, child in parent.named_children():
+                if child_name == name:
+                    break
+                freeze_layer(child)
+        freeze_layer(_layer_at(steps))
+        self._tap(_layer_at(steps), detach=True)
         return True
+
+    def set_lr_mult_list(self, lr_mult_list: Sequence[float]) -> List[float]:
+        """PaddleClas's `lr_mult_list`: multipliers of the optimizer's learning rate for the stem and each
+        stage, in that order (the head and classifier keep the optimizer's rate), stored as Paddle's
+        `ParamAttr(learning_rate=...)` stores them. A part with multiplier 0 takes no gradient and gets no
+        optimizer state: its weights stay as with PaddleClas's rate 0 (its batch norms still track
+        statistics, as there); `freeze_befor` freezes completely. Returns the multipliers."""
+        parts = [self.stem] + list(self.stages)
+        multipliers = list(lr_mult_list) if isinstance(lr_mult_list, (list, tuple)) else None
+        if multipliers is None or len(multipliers) != len(parts):
+            raise ValueError(f"lr_mult_list: {type(self).__name__} takes {len(parts)} multipliers (the stem, then "
+                             f"{len(parts) - 1} stages), got {lr_mult_list!r}")
+        for index, value in enumerate(multipliers):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"lr_mult_list[{index}]: expected a number >= 0, got {value!r}")
+        for part, value in zip(parts, multipliers):
+            for param in part.parameters():
+                param.optimize_attr["learning_rate"] = float(value)
+                if value == 0:
+                    param.stop_gradient = True
+        return [float(value) for value in multipliers]
 
     def upgrade_sublayer(self, layer_name_pattern: Union[str, Sequence[str]],
                          handle_func: Callable[[nn.Layer, str], nn.Layer]) -> List[str]:
@@ -235,9 +267,12 @@ class PaddleClasBackbone:
 
     def init_net(self, return_patterns: Optional[Sequence[str]] = None,
                  return_stages: Union[None, bool, int, Sequence[int]] = None,
-                 freeze_befor: Optional[str] = None, stop_after: Optional[str] = None) -> None:
+                 freeze_befor: Optional[str] = None, stop_after: Optional[str] = None,
+                 lr_mult_list: Optional[Sequence[float]] = None) -> None:
         """PaddleClas's backbone keywords (Arch keys): `return_stages` (True, an index or indices into
         `stages_pattern`) takes precedence over `return_patterns`, as in PaddleClas."""
+        if lr_mult_list is not None:
+            self.set_lr_mult_list(lr_mult_list)
         if return_stages is not None and return_stages is not False:
             if return_stages is True:
                 indices = list(range(len(self.stages_pattern)))
@@ -262,6 +297,23 @@ class PaddleClasBackbone:
             raise ValueError(f"dropout: per-stage rates must be in [0, 1), got {rates}")
         self.dropout.p = rates[0]
         self.stage_dropout = Head(self.dropout, rates)
+
+
+def _run_in_eval_mode(layer: nn.Layer, inputs: Any) -> None:
+    """Forward pre-hook of each layer of a frozen part: it runs in evaluation mode, whatever mode the model
+    was put in (`Layer.train()` sets every sub-layer's `training` directly, wrappers included). On every
+    layer, not only the part's root: containers such as `stages` (a LayerList) are never called."""
+    layer.training = False
+
+
+def freeze_layer(layer: nn.Layer) -> None:
+    """Freeze `layer`: its parameters stop taking gradients and its layers always run in evaluation mode."""
+    for param in layer.parameters():
+        param.stop_gradient = True
+    for sublayer in layer.sublayers(include_self=True):
+        if not getattr(sublayer, "_frozen", False):
+            sublayer._frozen = True
+            sublayer.register_forward_pre_hook(_run_in_eval_mode)
 
 
 def stage_dropout_rates(model: nn.Layer) -> Optional[List[float]]:
