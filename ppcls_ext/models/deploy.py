@@ -44,7 +44,7 @@ def fold_linear_bn(linear: nn.Linear, bn: nn.Layer) -> None:
 
 
 @paddle.no_grad()
-def deploy_form(model: nn.Layer) -> nn.Layer:
+def fold_batch_norms(model: nn.Layer) -> nn.Layer:
     """A copy of `model` in evaluation mode with every batch norm folded away and every layer with a
     `to_deploy_form` method converted; `model` is untouched."""
     model = copy.deepcopy(model)
@@ -55,3 +55,12 @@ def deploy_form(model: nn.Layer) -> nn.Layer:
         elif hasattr(layer, "to_deploy_form"):
             layer.to_deploy_form()
     return model
+
+
+def deploy_form(model: nn.Layer) -> nn.Layer:
+    """What tools/export_model.py exports: MicroNet rebuilt for inference engines where it can be
+    (`micronet_deploy`), any other model with its batch norms folded (`fold_batch_norms`). `model` is
+    untouched; the result is in evaluation mode."""
+    from .micronet_deploy import expressible, micronet_deploy_form  # micronet imports this module
+
+    return micronet_deploy_form(model) if expressible(model) else fold_batch_norms(model)
