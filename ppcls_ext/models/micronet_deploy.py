@@ -32,7 +32,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .deploy import fold_batch_norms
-from .layers import ConvBNAct, maximum
+from .layers import ConvBNAct, maximum, minimum
 from .micronet import (
     ChannelShuffle,
     DYMicroBlock,
@@ -80,15 +80,15 @@ class Relu6:
 @dataclass
 class ShiftMax:
     """Dynamic Shift-Max: with x = input[:, source] (the input itself when source is None), coefficients
-    clip(expand(relu(reduce(mean(x)))), -m, m) + offsets split into [a_1, b_1(, a_2, b_2)]; output
+    min(max(expand(relu(reduce(mean(x)))), lower), upper) split into [a_1, b_1(, a_2, b_2)]; output
     max_k(a_k * x + b_k * input[:, shift])."""
 
     reduce_weight: np.ndarray  # (C, R), Paddle's [in, out]
     reduce_bias: np.ndarray
-    expand_weight: np.ndarray  # (R, 2 * branches * C); scale folded in
+    expand_weight: np.ndarray  # (R, 2 * branches * C): the hard-sigmoid's slope, the scale and offsets folded in
     expand_bias: np.ndarray
-    offsets: np.ndarray  # (2 * branches * C,)
-    act_max: float
+    lower: np.ndarray  # (2 * branches * C,): init value - act_max
+    upper: np.ndarray  # init value + act_max
     shift: np.ndarray  # (C,): input[:, shift] is the shifted tensor
     branches: int
     source: Optional[np.ndarray] = None
@@ -134,14 +134,14 @@ def _conv(block: ConvBNAct) -> Conv:
 
 def _shift_max(layer: DYShiftMax) -> ShiftMax:
     """A DYShiftMax after `DYShiftMax.to_deploy_form`, whose expand layer computes z * 2m * slope + c for
-    init value c: its coefficients are clip(z * 2m * slope, -m, m) + c."""
+    act_max m and init value c: its coefficients are that, clipped to [c - m, c + m]."""
     if not layer.deploy_form:
         raise NotImplementedError("expected a DYShiftMax in deploy form")
     inits = [v for pair in zip(layer.init_a, layer.init_b) for v in pair]
     offsets = np.repeat(np.array(inits, np.float32), layer.expand.weight.shape[1] // len(inits))
     return ShiftMax(_numpy(layer.reduce.weight), _numpy(layer.reduce.bias), _numpy(layer.expand.weight),
-                    _numpy(layer.expand.bias) - offsets, offsets, layer.act_max, layer.shift.numpy().astype(np.int64),
-                    layer.branches)
+                    _numpy(layer.expand.bias), offsets - layer.act_max, offsets + layer.act_max,
+                    layer.shift.numpy().astype(np.int64), layer.branches)
 
 
 def _steps_of(layer: nn.Layer) -> List[Step]:
@@ -257,7 +257,7 @@ def _shift_max_in_order(step: ShiftMax, order: np.ndarray, out_order: np.ndarray
     columns = (np.arange(2 * step.branches)[:, None] * channels + out_order[None, :]).ravel()
     source = positions[out_order] if gather_input or not np.array_equal(order, out_order) else None
     return replace(step, reduce_weight=step.reduce_weight[out_order], expand_weight=step.expand_weight[:, columns],
-                   expand_bias=step.expand_bias[columns], offsets=step.offsets[columns],
+                   expand_bias=step.expand_bias[columns], lower=step.lower[columns], upper=step.upper[columns],
                    shift=positions[step.shift[out_order]], source=source)
 
 
@@ -371,10 +371,10 @@ class Relu6Step(nn.Layer):
 class ShiftMaxStep(nn.Layer):
     def __init__(self, step: ShiftMax):
         super().__init__()
-        self.channels, self.branches, self.act_max = step.shift.size, step.branches, float(step.act_max)
+        self.channels, self.branches = step.shift.size, step.branches
         self.reduce_weight, self.reduce_bias = _parameter(self, step.reduce_weight), _parameter(self, step.reduce_bias)
         self.expand_weight, self.expand_bias = _parameter(self, step.expand_weight), _parameter(self, step.expand_bias)
-        self.offsets = _parameter(self, step.offsets)
+        self.lower, self.upper = _parameter(self, step.lower), _parameter(self, step.upper)
         self.register_buffer("shift", paddle.to_tensor(step.shift.astype(np.int64)), persistable=False)
         self.gathers_input = step.source is not None
         if self.gathers_input:
@@ -386,7 +386,7 @@ class ShiftMaxStep(nn.Layer):
             x = paddle.index_select(x, self.source, axis=1)
         pooled = paddle.reshape(F.adaptive_avg_pool2d(x, 1), [-1, self.channels])
         z = F.linear(F.relu(F.linear(pooled, self.reduce_weight, self.reduce_bias)), self.expand_weight, self.expand_bias)
-        coefficients = F.hardtanh(z, -self.act_max, self.act_max) + self.offsets
+        coefficients = minimum(maximum(z, self.lower), self.upper)  # (paddle2onnx 2.1.0 drops F.hardtanh's bounds)
         parts = paddle.split(paddle.reshape(coefficients, [-1, 2 * self.branches * self.channels, 1, 1]),
                              2 * self.branches, axis=1)
         out = x * parts[0] + shifted * parts[1]
