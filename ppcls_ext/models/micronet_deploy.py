@@ -1,6 +1,6 @@
 """MicroNet's deploy form: the same function as the training form (`micronet.MicroNet`), rebuilt from its
 weights as a short chain of large standard operators for inference engines (Paddle Inference, ONNX Runtime
-through paddle2onnx, TensorRT).
+through paddle2onnx, TensorRT). docs/micronet-speed.md has the measurements behind each choice.
 
 What the rewrite does, all exact up to float rounding:
 
@@ -9,22 +9,26 @@ What the rewrite does, all exact up to float rounding:
 - Channel shuffles cost nothing: a fixed channel permutation is a relabelling of the tensor that follows.
   Every tensor is kept in some stored channel order; depthwise and dense convolutions, ReLU6 and the
   coefficient layers of Dynamic Shift-Max take any order (their weights are permuted instead), and a
-  grouped convolution takes any order that keeps its groups contiguous. A gather is emitted only where no
-  weight can absorb the order (before a grouped convolution whose groups the shuffles have mixed, and
-  where a residual's two sides disagree).
-- Dynamic Shift-Max: its circular group shift, composed with the stored order, is one gather; the
-  coefficient branch is pool -> linear -> relu -> linear -> clip -> offset, the hard-sigmoid's slope and
-  the coefficient scale folded into the second linear layer; every reshape has its channel count written
-  out (only batch and image size stay dynamic), so no Shape/Slice/Concat chains reach the exported graph.
+  grouped convolution takes any order that keeps its groups contiguous. Dynamic Shift-Max gathers its
+  input anyway (see below), so it writes its output in the order the next grouped convolution (or the
+  residual addition) needs; a separate gather is left only where no Shift-Max comes before such a point.
+- Dynamic Shift-Max is two gathers of its input (x in the stored order wanted downstream, and x shifted
+  circularly across groups), the coefficient branch pool -> linear -> relu -> linear -> max/min bounds (the
+  hard-sigmoid's slope, the coefficient scale and the init offsets folded into the second linear layer),
+  and max_k(a_k * x + b_k * shifted) as broadcast products. Gathering x too costs one copy and keeps both
+  operands of every product in the same plain memory format, which Paddle Inference's oneDNN kernels need
+  (mixed formats run oneDNN's reference kernel, 50-100x slower).
+- Every reshape has its channel count written out (only batch and image size stay dynamic), so no
+  Shape/Slice/Concat chains reach the exported graph.
 
 `micronet_deploy_form(model)` builds it; `models.deploy.deploy_form` (what tools/export_model.py exports)
-calls it for MicroNet models it can express (NCHW, no backbone taps), the generic batch-norm folding for
+calls it for the MicroNet models it can express (`expressible`), the generic batch-norm folding for
 everything else.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
@@ -35,12 +39,13 @@ from .deploy import fold_batch_norms
 from .layers import ConvBNAct, maximum, minimum
 from .micronet import (
     ChannelShuffle,
+    DepthSpatialSepConv,
     DYMicroBlock,
     DYShiftMax,
     MicroNet,
     MicroNetStem,
+    SpatialSepConvSF,
     SwishLinear,
-    _FactorizedConv,
 )
 
 # --- the inference graph as data: steps over one tensor, numpy weights ------------------------------
@@ -120,16 +125,17 @@ def _numpy(tensor: paddle.Tensor) -> np.ndarray:
 
 
 def _conv(block: ConvBNAct) -> Conv:
-    """A (batch-norm folded) ConvBNAct without activation as a Conv step."""
+    """A (batch-norm folded) ConvBNAct without activation as a Conv step. (Paddle's Conv2D keeps its
+    stride, padding, dilation and groups in private attributes only.)"""
     conv = block.conv
     if not isinstance(block.bn, nn.Identity) or not isinstance(block.act, nn.Identity):
         raise NotImplementedError("expected a folded convolution without activation")
+    padding = conv._padding
+    if isinstance(padding, str) or len(padding) != 2 or list(conv._dilation) != [1, 1] or conv._padding_mode != "zeros":
+        raise NotImplementedError(f"unsupported convolution {conv}")
     weight = _numpy(conv.weight)
     bias = _numpy(conv.bias) if conv.bias is not None else np.zeros(weight.shape[0], np.float32)
-    padding = tuple(int(p) for p in conv._padding) if not isinstance(conv._padding, str) else None
-    if padding is None or len(padding) != 2:
-        raise NotImplementedError(f"unsupported padding {conv._padding!r}")
-    return Conv(weight, bias, tuple(int(s) for s in conv._stride), padding, int(conv._groups))
+    return Conv(weight, bias, tuple(int(s) for s in conv._stride), tuple(int(p) for p in padding), int(conv._groups))
 
 
 def _shift_max(layer: DYShiftMax) -> ShiftMax:
@@ -147,7 +153,7 @@ def _shift_max(layer: DYShiftMax) -> ShiftMax:
 def _steps_of(layer: nn.Layer) -> List[Step]:
     if isinstance(layer, ConvBNAct):
         return [_conv(layer)]
-    if isinstance(layer, _FactorizedConv):
+    if isinstance(layer, (DepthSpatialSepConv, SpatialSepConvSF)):
         steps = [_conv(layer.conv_kx1), _conv(layer.conv_1xk)]
         shuffle = getattr(layer, "shuffle", None)
         return steps + (_steps_of(shuffle) if shuffle is not None else [])
