@@ -4,6 +4,8 @@ and layers that can compute more cheaply in evaluation (a `to_deploy_form` metho
 Paddle Inference's CPU passes leave every batch norm of these models standing (the profile of MicroNet_M0
 shows all 26 running; 12% of its time), and ONNX Runtime fuses them only where it recognises the
 pattern. Folding them into the convolution (or linear layer) before them is exact up to float rounding.
+MicroNet goes further: `micronet_deploy` rebuilds it as a chain of large standard operators (shuffles
+absorbed into weights, static reshapes; docs/micronet-speed.md).
 """
 from __future__ import annotations
 
