@@ -7,7 +7,9 @@ unknown", a trailing space in its pass list) and writes the model unoptimised. W
 onnxoptimizer passes ourselves, correctly spelled; they install nothing. For ONNX Runtime they change
 nothing measurable (its own graph optimisations give the same graph either way: 381 nodes for
 MicroNet_M0, 260 for EfficientNetB0, identical outputs); they make the file tidy for other consumers
-(weights as initializers instead of Constant nodes: MicroNet_M0 1207 -> 817 nodes).
+(weights as initializers instead of Constant nodes: MicroNet_M0 1207 -> 817 nodes), and
+`eliminate_identity` drops the Identity node paddle2onnx writes after nearly every operator (MicroNet_M0
+in deploy form: 645 -> 360 nodes).
 """
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ from .options import DeploymentError
 from .paddle_backend import PARAMS_FILE, PROGRAM_FILES, computes_channels_last, model_format
 
 logger = logging.getLogger("ppcls_ext")
+#: ONNX Runtime's graph optimisations for serving: all of them, including the NCHWc layout transforms
+GRAPH_OPTIMIZATION_LEVEL = "ORT_ENABLE_ALL"
 ONNX_FILE = "inference.onnx"  # the name PaddleClas's own deploy predictor reads with use_onnx
 #: paddle2onnx 2.1.0's own onnxoptimizer pass list, with its misspelt last pass corrected
-ONNX_PASSES = ("eliminate_deadend", "extract_constant_to_initializer", "eliminate_unused_initializer",
+ONNX_PASSES = ("eliminate_identity", "eliminate_deadend", "extract_constant_to_initializer", "eliminate_unused_initializer",
                "eliminate_duplicate_initializer", "eliminate_nop_cast")
 
 
@@ -74,7 +78,7 @@ class OnnxPredictor:
         self.name = name or self.name
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION_LEVEL)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")

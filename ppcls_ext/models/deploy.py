@@ -4,6 +4,8 @@ and layers that can compute more cheaply in evaluation (a `to_deploy_form` metho
 Paddle Inference's CPU passes leave every batch norm of these models standing (the profile of MicroNet_M0
 shows all 26 running; 12% of its time), and ONNX Runtime fuses them only where it recognises the
 pattern. Folding them into the convolution (or linear layer) before them is exact up to float rounding.
+MicroNet goes further: `micronet_deploy` rebuilds it as a chain of large standard operators (shuffles
+absorbed into weights, static reshapes; docs/micronet-speed.md).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def fold_linear_bn(linear: nn.Linear, bn: nn.Layer) -> None:
 
 
 @paddle.no_grad()
-def deploy_form(model: nn.Layer) -> nn.Layer:
+def fold_batch_norms(model: nn.Layer) -> nn.Layer:
     """A copy of `model` in evaluation mode with every batch norm folded away and every layer with a
     `to_deploy_form` method converted; `model` is untouched."""
     model = copy.deepcopy(model)
@@ -55,3 +57,12 @@ def deploy_form(model: nn.Layer) -> nn.Layer:
         elif hasattr(layer, "to_deploy_form"):
             layer.to_deploy_form()
     return model
+
+
+def deploy_form(model: nn.Layer) -> nn.Layer:
+    """What tools/export_model.py exports: MicroNet rebuilt for inference engines where it can be
+    (`micronet_deploy`), any other model with its batch norms folded (`fold_batch_norms`). `model` is
+    untouched; the result is in evaluation mode."""
+    from .micronet_deploy import expressible, micronet_deploy_form  # micronet imports this module
+
+    return micronet_deploy_form(model) if expressible(model) else fold_batch_norms(model)

@@ -63,7 +63,7 @@ def global_avg_pool() -> nn.AdaptiveAvgPool2D:
 
 def _legacy_program_op(op_type: str, inputs: dict, like: paddle.Tensor, attrs: Optional[dict] = None) -> paddle.Tensor:
     """Record `op_type` in a legacy (pre-PIR) static program, for `export_format: legacy`: Paddle 3.3.1's
-    `F.sigmoid` and `paddle.maximum` accept only dygraph tensors and PIR values. LayerHelper is the only
+    `F.sigmoid`, `paddle.maximum` and `paddle.minimum` accept only dygraph tensors and PIR values. LayerHelper is the only
     way Paddle offers to append a legacy operator."""
     from paddle.base.layer_helper import LayerHelper
 
@@ -89,6 +89,13 @@ def maximum(x: paddle.Tensor, y: paddle.Tensor) -> paddle.Tensor:
     if _recording_legacy_program():
         return _legacy_program_op("elementwise_max", {"X": x, "Y": y}, x, {"axis": -1})
     return paddle.maximum(x, y)
+
+
+def minimum(x: paddle.Tensor, y: paddle.Tensor) -> paddle.Tensor:
+    """paddle.minimum (element-wise, broadcasting), also while a legacy program is recorded."""
+    if _recording_legacy_program():
+        return _legacy_program_op("elementwise_min", {"X": x, "Y": y}, x, {"axis": -1})
+    return paddle.minimum(x, y)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None, guard: bool = True) -> int:
