@@ -121,6 +121,11 @@ class Blob:
         return self.buffer, self.start, len(self)
 
 
+def printable(text: str) -> str:
+    """`text` for a one-line message: as it is, or escaped where it holds line breaks or other controls."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def python3_name(module: str, name: str) -> GlobalName:
     """Protocol 0-2 pickles name Python 2 modules (`__builtin__`, `copy_reg`); map them as pickle does."""
     if (module, name) in _compat_pickle.NAME_MAPPING:
@@ -232,6 +237,8 @@ class PickleReader:
     def _adopt(self, parent: list, child: Any) -> None:
         """`child` is now inside `parent`: it may no longer change (no cycles), and the parent is deeper."""
         info = self._containers.get(id(child))
+        if info is parent:
+            raise self.refuse("a container holds itself (a self-reference)")
         if info is not None:
             info[2] = True
             if info[1] + 1 > parent[1]:
@@ -556,7 +563,7 @@ class PickleReader:
     def _global(self, module: str, name: str) -> None:
         key = python3_name(module, name)
         if key not in self.allowed:
-            raise self.refuse(f"it asks for the Python global '{key[0]}.{key[1]}', which a weights file does not "
+            raise self.refuse(f"it asks for the Python global '{printable(key[0])}.{printable(key[1])}', which a weights file does not "
                               f"need (allowed: tensors, numpy arrays and scalars, containers); nothing was run")
         self._push(self.allowed[key])
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ..safe_load import PADDLE_GLOBALS, dimensions, read_whole_file
-from ..safe_pickle import Budget, Constructor, PickleReader, UnsafePickleError, read_pickle
+from ..safe_pickle import Budget, Constructor, PickleDataError, PickleReader, UnsafePickleError, read_pickle
 
 PathLike = Union[str, os.PathLike]
 
@@ -78,14 +78,16 @@ class _Storage:
 
     def locate(self, buffer: bytearray, offset: int, available: int, source: str) -> None:
         if self.numel * self.type.stored.itemsize > available:
-            raise TorchFileError(f"{source}: a storage of {self.numel} elements has only {available} bytes in the file "
-                                 "(truncated or forged)")
+            raise PickleDataError(f"{source}: a storage of {self.numel} elements has only {available} bytes in the file "
+                                  "(truncated or forged)")
         self.buffer, self.offset = buffer, offset
+
+    @property
+    def located(self) -> bool:
+        return self.buffer is not None
 
     def elements(self, big_endian: bool) -> np.ndarray:
         """All elements as stored (a view of the file's bytes)."""
-        if self.buffer is None:
-            raise TorchFileError("a storage of the checkpoint has no data")
         dtype = self.type.stored.newbyteorder(">" if big_endian else "<")
         return np.frombuffer(self.buffer, dtype=dtype, count=self.numel, offset=self.offset)
 
@@ -96,6 +98,10 @@ class _StorageView(_Storage):
     def __init__(self, root: _Storage, offset: int, numel: int):
         super().__init__(root.type, numel)
         self.root, self.start = root, offset
+
+    @property
+    def located(self) -> bool:
+        return self.root.located
 
     def elements(self, big_endian: bool) -> np.ndarray:
         return self.root.elements(big_endian)[self.start:self.start + self.numel]
@@ -130,6 +136,8 @@ class _PendingTensor:
         reader.budget.spend(self.count * out.itemsize, f"a tensor of size {self.size}")
         if self.count == 0:
             return np.zeros(self.size, dtype=out)
+        if not self.storage.located:
+            raise TorchFileError(f"{reader.source}: a tensor's storage has no data in the file (not listed)")
         flat = self.storage.elements(big_endian)
         significant = [(n, s) for n, s in zip(self.size, self.stride) if n != 1]
         if all(s == c for (n, s), c in zip(significant, _c_strides(tuple(n for n, _ in significant)))):
@@ -191,7 +199,7 @@ def _storage_id(pid: Any, reader: PickleReader, length: int) -> Tuple[_StorageTy
 
 def _same_type(storage: _Storage, storage_type: _StorageType, key: str, reader: PickleReader) -> _Storage:
     if storage.type != storage_type:
-        raise reader.refuse(f"storage {key} is used as {storage.type.name} and as {storage_type.name}")
+        raise reader.refuse(f"storage {key!r} is used as {storage.type.name} and as {storage_type.name}")
     return storage
 
 
@@ -217,7 +225,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, allowance: Lis
     """A member's bytes, its declared size checked first against what is left of the archive's own size
     (members of a torch checkpoint are stored, not compressed: together they fit in the file)."""
     if info.file_size > allowance[0]:
-        raise UnsafePickleError(f"{source}: refused to load: member {info.filename} declares {info.file_size} bytes, "
+        raise UnsafePickleError(f"{source}: refused to load: member {info.filename!r} declares {info.file_size} bytes, "
                                 f"more than the archive holds ({allowance[0]} left of its size): a zip bomb?")
     allowance[0] -= info.file_size
     data = bytearray(info.file_size)
@@ -226,7 +234,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, allowance: Lis
         while filled < len(data):
             count = member.readinto(view[filled:])
             if not count:
-                raise TorchFileError(f"{source}: member {info.filename} ends after {filled} of its {len(data)} bytes")
+                raise PickleDataError(f"{source}: member {info.filename!r} ends after {filled} of its {len(data)} bytes")
             filled += count
         del view
     return data
@@ -254,7 +262,7 @@ def _read_zip(path: PathLike, source: str) -> Any:
                 return _same_type(storages[key], storage_type, key, reader)
             record = f"{prefix}data/{key}"
             if record not in members:
-                raise TorchFileError(f"{source}: storage {key} is missing from the archive")
+                raise PickleDataError(f"{source}: storage {key!r} is missing from the archive")
             data = _read_member(archive, members[record], allowance, source)
             storage = storages[key] = _Storage(storage_type, numel)
             storage.locate(data, 0, len(data), source)
@@ -283,9 +291,9 @@ def _read_legacy(path: PathLike, source: str) -> Any:
         view = pid[5]
         if view is None:
             return storage
-        if type(view) is not tuple or len(view) != 3 or type(view[0]) is not str \
+        if type(view) is not tuple or len(view) != 3 or type(view[0]) is not str or isinstance(storage, _StorageView) \
                 or not all(type(v) is int and v >= 0 for v in view[1:]) or view[1] + view[2] > storage.numel:
-            raise reader.refuse(f"a view {view!r} of storage {key} ({storage.numel} elements)")
+            raise reader.refuse(f"a view {view!r} of storage {key!r} ({storage.numel} elements)")
         if view[0] not in storages:
             storages[view[0]] = _StorageView(storage, view[1], view[2])
         return _same_type(storages[view[0]], storage_type, view[0], reader)
@@ -298,14 +306,14 @@ def _read_legacy(path: PathLike, source: str) -> Any:
     for key in keys:
         storage = storages.get(key)
         if storage is None or isinstance(storage, _StorageView):
-            raise TorchFileError(f"{source}: storage {key} is listed but never used")
+            raise TorchFileError(f"{source}: storage {key!r} is listed but never used")
         if position + 8 > len(data):
-            raise TorchFileError(f"{source}: the file ends inside storage {key} (truncated?)")
+            raise TorchFileError(f"{source}: the file ends inside storage {key!r} (truncated?)")
         count = int.from_bytes(data[position:position + 8], "big" if big_endian else "little")
         position += 8
         available = len(data) - position
         if count < storage.numel or count * storage.type.stored.itemsize > available:
-            raise TorchFileError(f"{source}: the file ends inside storage {key}: it declares {count} elements "
+            raise TorchFileError(f"{source}: the file ends inside storage {key!r}: it declares {count} elements "
                                  f"({storage.numel} used) and {available} bytes remain (truncated or forged)")
         storage.locate(data, position, available, source)
         position += count * storage.type.stored.itemsize
@@ -371,6 +379,8 @@ def read_foreign_state_dict(path: PathLike) -> Tuple[str, Dict[str, np.ndarray]]
             raise TorchFileError(f"{source}: neither a PyTorch checkpoint (zip or legacy) nor a .safetensors file")
     except (UnsafePickleError, TorchFileError):
         raise
+    except PickleDataError as error:  # a malformed pickle or storage, named by the reader
+        raise TorchFileError(str(error)) from error
     except Exception as error:  # malformed pickles and archives raise many types; none is a traceback for the user
         detail = str(error)[len(source) + 2:] if str(error).startswith(f"{source}: ") else str(error)
         raise TorchFileError(f"{source}: cannot read this {kind} file ({type(error).__name__}: {detail}); truncated or "
