@@ -46,23 +46,28 @@ def _check_yaml_events(text: str, where: str) -> None:
             raise ConfigError(f"{where}: its aliases expand to more than {limit} values ({YAML_NODES_PER_BYTE} per byte "
                               "of the file): a YAML bomb?")
 
-    for event in yaml.parse(text, Loader=_EVENT_LOADER):
-        if isinstance(event, yaml.CollectionStartEvent):
-            if len(open_nodes) >= YAML_MAX_DEPTH:
-                raise ConfigError(f"{where}: nested deeper than {YAML_MAX_DEPTH} levels (line {event.start_mark.line + 1})")
-            open_nodes.append([1, event.anchor])
-        elif isinstance(event, yaml.CollectionEndEvent):
-            close(*open_nodes.pop())
-        elif isinstance(event, yaml.ScalarEvent):
-            tag = event.tag if event.tag not in (None, "!") else _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
-            if tag in _NUMBER_TAGS and len(event.value) > YAML_MAX_NUMBER:
-                raise ConfigError(f"{where}: a number of {len(event.value)} characters (line {event.start_mark.line + 1})")
-            close(1, event.anchor)
-        elif isinstance(event, yaml.AliasEvent):
-            if any(anchor == event.anchor for _, anchor in open_nodes):
-                raise ConfigError(f"{where}: the alias *{event.anchor} refers to a node that contains it (a cycle; line "
-                                  f"{event.start_mark.line + 1})")
-            close(anchors.get(event.anchor, 1), None)
+    try:
+        for event in yaml.parse(text, Loader=_EVENT_LOADER):
+            if isinstance(event, yaml.CollectionStartEvent):
+                if len(open_nodes) >= YAML_MAX_DEPTH:
+                    raise ConfigError(f"{where}: nested deeper than {YAML_MAX_DEPTH} levels (line {event.start_mark.line + 1})")
+                open_nodes.append([1, event.anchor])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                close(*open_nodes.pop())
+            elif isinstance(event, yaml.ScalarEvent):
+                tag = event.tag if event.tag not in (None, "!") else _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+                if tag in _NUMBER_TAGS and len(event.value) > YAML_MAX_NUMBER:
+                    raise ConfigError(f"{where}: a number of {len(event.value)} characters (line {event.start_mark.line + 1})")
+                close(1, event.anchor)
+            elif isinstance(event, yaml.AliasEvent):
+                if any(anchor == event.anchor for _, anchor in open_nodes):
+                    raise ConfigError(f"{where}: the alias *{event.anchor} refers to a node that contains it (a cycle; "
+                                      f"line {event.start_mark.line + 1})")
+                close(anchors.get(event.anchor, 1), None)
+    except yaml.YAMLError as error:
+        if "maximum nesting depth" in str(error):  # libyaml's own limit (1000), met while it looks ahead
+            raise ConfigError(f"{where}: nested deeper than {YAML_MAX_DEPTH} levels") from None
+        raise
 
 
 def load_yaml(text: str, where: str) -> Any:

@@ -88,12 +88,15 @@ class Checksum:
 
 
 def sha256_argument(value: Optional[str], what: str = "sha256") -> Optional[str]:
-    """A user-given SHA-256 as 64 lower-case hex digits (a ValueError naming `what` otherwise)."""
+    """A user-given SHA-256 as 64 lower-case hex digits (a ValueError naming `what` otherwise). A digest of
+    decimal digits only reaches us from YAML or `-o` as an int: its zeros are restored."""
     if value is None:
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10 ** 64:
+        value = f"{value:064d}"
     text = str(value).strip().lower()
     if not re.fullmatch(r"[0-9a-f]{64}", text):
-        raise ValueError(f"{what} must be a SHA-256 (64 hex digits), got {value!r}")
+        raise ValueError(f"{what} must be a SHA-256 (64 hex digits; quote it in YAML), got {value!r}")
     return text
 
 
