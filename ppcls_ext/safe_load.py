@@ -8,12 +8,13 @@ go into a `StructuredToParameterName@@` table, and arrays over 1 GiB saved with 
 into slices listed under `UnpackBigParamInfor@@`; numpy scalars (`numpy.core.multiarray.scalar`),
 Python numbers and strings, `collections.OrderedDict`, and - in objects that are not state dicts - tensors
 as `builtins.tuple` of `(name, array)`. Those globals map here to our own constructors, which accept
-plain numeric dtypes only and make each array over the file's own bytes (`safe_pickle`); the result is
+plain numeric dtypes only and copy each array from exactly its bytes in the file (`safe_pickle`); the result is
 what `paddle.load` returns for the same file (tensors, or numpy arrays with `return_numpy`).
 """
 from __future__ import annotations
 
 import collections
+import math
 import os
 from typing import Any, Callable, Dict, Mapping, Union
 
@@ -54,11 +55,9 @@ def file_bytes(value: Any, reader: PickleReader, what: str) -> Blob:
         return value
     if type(value) is str:
         reader.budget.spend(len(value), what)
-        data = bytearray(value, "latin-1")
-        return Blob(data, 0, len(data))
+        value = value.encode("latin-1")
     if type(value) is bytes:
-        reader.budget.spend(len(value), what)
-        return Blob(bytearray(value), 0, len(value))
+        return Blob(value, 0, len(value))
     raise reader.refuse(f"{what} is a {type(value).__name__}, not bytes")
 
 
@@ -70,26 +69,23 @@ def dimensions(value: Any, reader: PickleReader, what: str) -> tuple:
     return tuple(value)
 
 
-def as_native(array: np.ndarray) -> np.ndarray:
-    """`array` C-contiguous, in native byte order, with bools that are 0 or 1 (a copy where it was not)."""
+def owned_copy(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous, aligned, writable copy of `array` in native byte order, with bools that are 0 or 1."""
     if array.dtype.kind == "b":  # a bool byte other than 0/1 is not a bool
-        return np.ascontiguousarray(array.view(np.uint8) != 0)
-    if not array.dtype.isnative:
-        return np.ascontiguousarray(array.astype(array.dtype.newbyteorder("=")))
-    return np.ascontiguousarray(array)
+        return np.not_equal(array.view(np.uint8), 0, order="C")
+    return array.astype(array.dtype.newbyteorder("="), order="C")
 
 
 def array_from(data: Blob, dtype: np.dtype, shape: tuple, reader: PickleReader, fortran: bool = False) -> np.ndarray:
-    """The array of `shape` over exactly the bytes of `data` (viewed in place, not copied)."""
-    count = int(np.prod(shape, dtype=object)) if shape else 1
+    """The array of `shape` made of exactly the bytes of `data` (copied once, after checking the size)."""
+    count = math.prod(shape)
     if count * dtype.itemsize != len(data):
         raise reader.refuse(f"an array of shape {shape} and type {dtype} needs {count * dtype.itemsize} bytes, "
                             f"the file gives {len(data)}")
-    copied = fortran or not dtype.isnative or dtype.kind == "b"
-    reader.budget.spend(count * dtype.itemsize * (2 if copied else 1), "an array")
+    reader.budget.spend(count * dtype.itemsize, "an array")
     buffer, offset, _ = data.claim(reader.source)
     flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset) if count else np.empty(0, dtype)
-    return as_native(flat.reshape(shape, order="F" if fortran else "C"))
+    return owned_copy(flat.reshape(shape, order="F" if fortran else "C"))
 
 
 class _PendingDtype(Pending):
@@ -147,7 +143,7 @@ def _scalar(reader: PickleReader, dtype: Any, data: Any) -> Any:
     blob = file_bytes(data, reader, "a numpy scalar's data")
     if len(blob) != dtype.itemsize:
         raise reader.refuse(f"a numpy {dtype} scalar of {len(blob)} bytes")
-    return as_native(np.frombuffer(blob.to_bytes(reader.budget), dtype=dtype))[0]
+    return owned_copy(np.frombuffer(blob.to_bytes(reader.budget), dtype=dtype))[0]
 
 
 def _latin1_encode(reader: PickleReader, text: Any, encoding: Any = "utf-8") -> Blob:
@@ -196,21 +192,10 @@ PADDLE_GLOBALS: Mapping[GlobalName, Any] = {
 }
 
 
-def read_whole_file(path: PathLike) -> bytearray:
-    """The file's bytes, in a writable buffer that arrays may view."""
+def read_whole_file(path: PathLike) -> bytes:
+    """The file's bytes (one read; what arrays are copied from)."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        data = bytearray(size)
-        view, filled = memoryview(data), 0
-        while filled < size:
-            count = f.readinto(view[filled:])
-            if not count:
-                break
-            filled += count
-    del view
-    if filled < size:
-        del data[filled:]
-    return data
+        return f.read()
 
 
 def _join_split_arrays(state: Dict[str, Any], source: str) -> Dict[str, Any]:

@@ -3,26 +3,27 @@
 Paddle's and PyTorch's weights files are pickles, and `pickle.load` (so `paddle.load` and, before torch 2.6,
 `torch.load`) calls whatever they name. This reader interprets the opcodes itself and makes only None, bools,
 ints, floats, str, bytes, lists, tuples and dicts, plus what the caller's allow-list constructors make from
-them (`Constructor`, `Pending`: numpy arrays of plain numbers over the file's own bytes, tensors rebuilt by
-us). Everything else is refused with `UnsafePickleError` ("<file>: refused to load: <reason>") before it
-runs: any other global, class instances, extension codes, sets, containers changed after being stored
-(the only way to make a cycle), nesting deeper than `Limits.depth`, more values or opcodes than the limits,
-or more bytes made than the file's `Budget`. So a hostile file runs nothing, crashes nothing, and costs time
-and memory bounded by its size.
+them (`Constructor`, `Pending`: numpy arrays of plain numbers copied from the file's own bytes, tensors
+rebuilt by us). Everything else is refused with `UnsafePickleError` ("<file>: refused to load: <reason>")
+before it runs: any other global, class instances, extension codes, sets, containers changed after being
+stored (the only way to make a cycle), nesting deeper than `Limits.depth`, more than `Limits.opcodes`
+opcodes (each makes at most one value or entry, so this bounds them all), or more bytes made than the
+file's `Budget`. So a hostile file runs nothing, crashes nothing, and costs time and memory bounded by its
+size.
 """
 from __future__ import annotations
 
 import _compat_pickle
 import codecs
 import collections
+import gc
 import pickle
 import pickletools
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 GlobalName = Tuple[str, str]
-Buffer = Union[bytes, bytearray]
 
 
 class PickleDataError(pickle.UnpicklingError):
@@ -37,13 +38,12 @@ class UnsafePickleError(PickleDataError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one pickle may make: container nesting, values created (and MARKs), container and memo
-    entries, opcodes. Far above any weights file (a B7 checkpoint: ~20 000 opcodes, depth 4)."""
+    """Container nesting and opcodes one pickle may have. Every opcode makes at most one value, memo entry
+    or container entry, so the opcode count bounds them all (2 million: ~0.4 GB at worst); a B7 checkpoint
+    has ~30 000 opcodes and nests 4 deep."""
 
     depth: int = 100
-    objects: int = 1_000_000
-    entries: int = 2_000_000
-    opcodes: int = 8_000_000
+    opcodes: int = 2_000_000
 
 
 LIMITS = Limits()
@@ -96,12 +96,12 @@ class Pending:
 
 
 class Blob:
-    """Bytes of the file (or of a decoded string) not copied yet: an array made from them views them in
-    place, once; anywhere else they become `bytes`, paid from the budget."""
+    """Bytes of the file (or of a decoded string) not copied yet: an array made from them copies them once;
+    anywhere else they become `bytes`, paid from the budget."""
 
     __slots__ = ("buffer", "start", "stop", "claimed", "_bytes")
 
-    def __init__(self, buffer: Buffer, start: int, stop: int):
+    def __init__(self, buffer: bytes, start: int, stop: int):
         self.buffer, self.start, self.stop, self.claimed, self._bytes = buffer, start, stop, False, None
 
     def __len__(self) -> int:
@@ -110,10 +110,10 @@ class Blob:
     def to_bytes(self, budget: Budget) -> bytes:
         if self._bytes is None:
             budget.spend(len(self), "a bytes value")
-            self._bytes = bytes(memoryview(self.buffer)[self.start:self.stop])
+            self._bytes = self.buffer[self.start:self.stop]
         return self._bytes
 
-    def claim(self, source: str) -> Tuple[Buffer, int, int]:
+    def claim(self, source: str) -> Tuple[bytes, int, int]:
         """(buffer, offset, length) for the one array these bytes become."""
         if self.claimed:
             raise UnsafePickleError(f"{source}: refused to load: the same bytes are the data of two arrays")
@@ -133,9 +133,16 @@ def python3_name(module: str, name: str) -> GlobalName:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-_CONTAINERS = (list, dict, collections.OrderedDict, tuple)
+_CONTAINERS = frozenset({list, dict, collections.OrderedDict, tuple})
+_PLAIN = frozenset({str, int, float, bool, type(None), bytes})  # values stored as they are
 _KEY_TYPES = (str, bytes, int, bool, type(None))
 _OPCODE_NAMES = {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes}
+_U16, _U32, _I32, _U64, _F64 = (struct.Struct(f).unpack_from for f in ("<H", "<I", "<i", "<Q", ">d"))
+_CODES = {op.name: op.code.encode("latin-1")[0] for op in pickletools.opcodes}
+_MEMOIZE, _BINPUT, _BINGET, _LONG_BINGET, _BININT1, _SHORT_BINUNICODE, _NEWFALSE, _NEWTRUE, _NONE = (
+    _CODES[name] for name in ("MEMOIZE", "BINPUT", "BINGET", "LONG_BINGET", "BININT1", "SHORT_BINUNICODE", "NEWFALSE",
+                              "NEWTRUE", "NONE"))
+_MISSING = object()
 
 
 class PickleReader:
@@ -143,11 +150,10 @@ class PickleReader:
     `allowed` maps (module, name) to a `Constructor` or to a plain token value (a storage type, numpy's
     ndarray class as an argument); `persistent_load(pid)` resolves persistent ids (PyTorch's storages)."""
 
-    def __init__(self, buffer: Buffer, source: str, allowed: Mapping[GlobalName, Any], budget: Budget,
+    def __init__(self, buffer: bytes, source: str, allowed: Mapping[GlobalName, Any], budget: Budget,
                  persistent_load: Optional[Callable[[Any], Any]] = None, limits: Limits = LIMITS):
-        self.buffer, self.view, self.source = buffer, memoryview(buffer), source
+        self.buffer, self.source = buffer, source
         self.allowed, self.budget, self.persistent, self.limits = allowed, budget, persistent_load, limits
-        self._ops = {code: getattr(self, f"_op_{name}") for code, name in _OPCODE_NAMES.items()}
 
     # --- errors -------------------------------------------------------------------------------------
     def refuse(self, reason: str) -> UnsafePickleError:
@@ -158,33 +164,72 @@ class PickleReader:
 
     # --- reading ------------------------------------------------------------------------------------
     def read(self, start: int = 0) -> Tuple[Any, int]:
-        """(the pickled value, the position after its STOP opcode)."""
+        """(the pickled value, the position after its STOP opcode). The cyclic garbage collector is paused
+        meanwhile: the reader makes no cycles, and with Paddle's objects in memory its passes, triggered by
+        the many small values a pickle makes, cost more than the reading."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._read(start)
+        finally:
+            self.stack = self.marks = self.memo = self._containers = self._settled = None  # type: ignore[assignment]
+            if enabled:
+                gc.enable()
+
+    def _read(self, start: int) -> Tuple[Any, int]:
+        """`read`: the opcodes that make up most of a weights file (memo traffic, small ints and names,
+        booleans) are handled in the loop itself, the others by their `_op_` method (`_DISPATCH`)."""
         self.pos, self.stack, self.marks, self.memo = start, [], [], {}
         self._containers: Dict[int, list] = {}  # id -> [container, depth, sealed, holds Blobs]; keeps them alive
         self._settled: Dict[int, tuple] = {}  # id of a tuple holding Blobs -> its copy holding bytes
-        self._objects = self._entries = 0
-        self.result: Any = None
-        size, ops, limit = len(self.buffer), self._ops, self.limits.opcodes
-        count = 0
+        self.done = False
+        buffer, dispatch, limit, memo = self.buffer, _DISPATCH, self.limits.opcodes, self.memo
+        stack, pos, size, count, code = self.stack, start, len(buffer), 0, -1
         try:
-            while True:
-                if self.pos >= size:
-                    raise self._malformed(f"it ends at byte {self.pos} before its STOP opcode (truncated?)")
-                code = self.buffer[self.pos]
-                self.pos += 1
+            while not self.done:
+                if pos >= size:
+                    raise self._malformed(f"it ends at byte {pos} before its STOP opcode (truncated?)")
+                code = buffer[pos]
+                pos += 1
                 count += 1
                 if count > limit:
                     raise self.refuse(f"more than {limit} pickle opcodes")
-                handler = ops.get(code)
-                if handler is None:
-                    raise self._malformed(f"unknown opcode {bytes([code])!r} at byte {self.pos - 1}")
-                if handler():
-                    return self.result, self.pos
+                if code == _MEMOIZE:
+                    memo[len(memo)] = stack[-1]
+                elif code == _BINPUT:
+                    memo[buffer[pos]] = stack[-1]
+                    pos += 1
+                elif code == _BINGET or code == _LONG_BINGET:
+                    index = buffer[pos] if code == _BINGET else _U32(buffer, pos)[0]
+                    pos += 1 if code == _BINGET else 4
+                    value = memo.get(index, _MISSING)
+                    if value is _MISSING:
+                        raise self._malformed(f"memo entry {index} is read before it is written")
+                    stack.append(value.value if isinstance(value, Pending) and value.value is not None else value)
+                elif code == _BININT1:
+                    stack.append(buffer[pos])
+                    pos += 1
+                elif code == _SHORT_BINUNICODE:
+                    end = pos + 1 + buffer[pos]
+                    if end > size:
+                        raise self._malformed(f"byte {pos} declares {buffer[pos]} bytes but {size - pos - 1} remain")
+                    stack.append(str(buffer[pos + 1:end], "utf-8", "surrogatepass"))
+                    pos = end
+                elif code == _NEWFALSE or code == _NEWTRUE or code == _NONE:
+                    stack.append(False if code == _NEWFALSE else True if code == _NEWTRUE else None)
+                else:
+                    handler = dispatch[code]
+                    if handler is None:
+                        raise self._malformed(f"unknown opcode {bytes([code])!r} at byte {pos - 1}")
+                    self.pos, self.stack = pos, stack
+                    handler(self)
+                    pos, stack = self.pos, self.stack
         except PickleDataError:
             raise
         except Exception as error:  # a malformed stream: empty stack, wrong types, bad text, ...
             name = _OPCODE_NAMES.get(code, "?")
-            raise self._malformed(f"opcode {name} at byte {self.pos - 1} fails ({type(error).__name__}: {error})") from None
+            raise self._malformed(f"opcode {name} at byte {pos - 1} fails ({type(error).__name__}: {error})") from None
+        return self.result, self.pos
 
     def _take(self, length: int) -> int:
         start, end = self.pos, self.pos + length
@@ -194,41 +239,32 @@ class PickleReader:
         self.pos = end
         return start
 
-    def _unsigned(self, width: int) -> int:
-        start = self._take(width)
-        return int.from_bytes(self.view[start:start + width], "little")
+    def _byte(self) -> int:
+        value = self.buffer[self.pos]
+        self.pos += 1
+        return value
+
+    def _unpack(self, unpack: Callable[[bytes, int], tuple], width: int) -> Any:
+        value = unpack(self.buffer, self._take(width))[0]
+        return value
 
     def _line(self) -> bytes:
         end = self.buffer.find(b"\n", self.pos)
         if end < 0:
             raise self._malformed(f"the text line at byte {self.pos} has no end")
-        line = bytes(self.view[self.pos:end])
+        line = self.buffer[self.pos:end]
         self.pos = end + 1
         return line
 
     def _text(self, length: int) -> str:
         start = self._take(length)
-        return str(self.view[start:start + length], "utf-8", "surrogatepass")
+        return str(self.buffer[start:start + length], "utf-8", "surrogatepass")
 
     def _latin1(self, length: int) -> str:
         start = self._take(length)
-        return str(self.view[start:start + length], "latin-1")
+        return str(self.buffer[start:start + length], "latin-1")
 
     # --- values, containers and their bookkeeping ---------------------------------------------------
-    def _count_object(self) -> None:
-        self._objects += 1
-        if self._objects > self.limits.objects:
-            raise self.refuse(f"more than {self.limits.objects} values")
-
-    def _push(self, value: Any) -> None:
-        self._count_object()
-        self.stack.append(value)
-
-    def _count_entries(self, count: int) -> None:
-        self._entries += count
-        if self._entries > self.limits.entries:
-            raise self.refuse(f"more than {self.limits.entries} container or memo entries")
-
     def _register(self, container: Any, depth: int = 1, raw: bool = False) -> list:
         info = [container, depth, False, raw]
         self._containers[id(container)] = info
@@ -237,14 +273,15 @@ class PickleReader:
     def _adopt(self, parent: list, child: Any) -> None:
         """`child` is now inside `parent`: it may no longer change (no cycles), and the parent is deeper."""
         info = self._containers.get(id(child))
+        if info is None:
+            return
         if info is parent:
             raise self.refuse("a container holds itself (a self-reference)")
-        if info is not None:
-            info[2] = True
-            if info[1] + 1 > parent[1]:
-                parent[1] = info[1] + 1
-                if parent[1] > self.limits.depth:
-                    raise self.refuse(f"containers nested deeper than {self.limits.depth} levels")
+        info[2] = True
+        if info[1] >= parent[1]:
+            parent[1] = info[1] + 1
+            if parent[1] > self.limits.depth:
+                raise self.refuse(f"containers nested deeper than {self.limits.depth} levels")
 
     def _resolved(self, value: Any) -> Any:
         if isinstance(value, Pending):
@@ -256,6 +293,8 @@ class PickleReader:
     def settle(self, value: Any) -> Any:
         """`value` as it may be stored or returned: Blobs as bytes, finished pending values."""
         kind = type(value)
+        if kind in _PLAIN:
+            return value
         if kind is Blob:
             return value.to_bytes(self.budget)
         if kind is tuple:
@@ -280,43 +319,49 @@ class PickleReader:
         return target, info
 
     def _key(self, key: Any) -> Any:
-        key = self.settle(key)
-        if not isinstance(key, _KEY_TYPES) or (type(key) is int and abs(key) >= 1 << 61):
-            raise self.refuse(f"a dict key of type {type(key).__name__} (keys are names and small numbers)")
+        kind = type(key)
+        if kind is not str:
+            key = self.settle(key)
+            if not isinstance(key, _KEY_TYPES) or (type(key) is int and abs(key) >= 1 << 61):
+                raise self.refuse(f"a dict key of type {type(key).__name__} (keys are names and small numbers)")
         return key
+
+    def _store(self, info: list, value: Any) -> Any:
+        """`value` settled and adopted by the container of `info`."""
+        if type(value) not in _PLAIN:
+            value = self.settle(value)
+            self._adopt(info, value)
+        return value
 
     def _set_items(self, target: dict, info: list, items: List[Any]) -> None:
         if len(items) % 2:
             raise self._malformed("SETITEMS with an odd number of items")
-        self._count_entries(len(items) // 2)
         for index in range(0, len(items), 2):
-            key, value = self._key(items[index]), self.settle(items[index + 1])
-            self._adopt(info, value)
-            target[key] = value
+            target[self._key(items[index])] = self._store(info, items[index + 1])
 
     def _new_tuple(self, items: List[Any]) -> None:
-        values, raw = [], False
-        for item in items:
-            if type(item) is Blob:
-                raw = True
-            else:
-                item = self.settle(item)
-            values.append(item)
-        value = tuple(values)
-        self._count_entries(len(value))
-        info = self._register(value, raw=raw)
-        for item in value:
-            self._adopt(info, item)
-        self._push(value)
+        """A tuple of `items` (settled, except Blobs: a tuple holding them is an argument list or an array's
+        state, settled only where it is stored); one of plain values only needs no bookkeeping."""
+        raw, plain = False, True
+        for index, item in enumerate(items):
+            kind = type(item)
+            if kind is Blob:
+                raw, plain = True, False
+            elif kind not in _PLAIN:
+                items[index] = self.settle(item)
+                plain = False
+        value = tuple(items)
+        if not plain:
+            info = self._register(value, raw=raw)
+            for item in value:
+                if type(item) in _CONTAINERS:
+                    self._adopt(info, item)
+        self.stack.append(value)
 
     def _made(self, value: Any) -> Any:
         """A constructor's result, registered when it is a container (its items are checked as stored)."""
-        if isinstance(value, _CONTAINERS) and id(value) not in self._containers:
-            if isinstance(value, dict):
-                items = [self._key(k) for k in value] + list(value.values())
-            else:
-                items = list(value)
-            self._count_entries(len(items))
+        if type(value) in _CONTAINERS and id(value) not in self._containers:
+            items = [self._key(k) for k in value] + list(value.values()) if isinstance(value, dict) else list(value)
             info = self._register(value)
             for item in items:
                 if type(item) is Blob or isinstance(item, Pending):
@@ -331,19 +376,17 @@ class PickleReader:
 
     # --- opcodes: structure -------------------------------------------------------------------------
     def _op_PROTO(self) -> None:
-        protocol = self._unsigned(1)
-        if protocol > 5:
-            raise self._malformed(f"pickle protocol {protocol}")
+        if self._byte() > 5:
+            raise self._malformed("an unknown pickle protocol")
 
     def _op_FRAME(self) -> None:
-        self._unsigned(8)  # a frame only groups opcodes for buffered reading; the whole file is in memory
+        self._unpack(_U64, 8)  # a frame only groups opcodes for buffered reading; the whole file is in memory
 
-    def _op_STOP(self) -> bool:
+    def _op_STOP(self) -> None:
         self.result = self.settle(self.stack.pop())
-        return True
+        self.done = True
 
     def _op_MARK(self) -> None:
-        self._count_object()
         self.marks.append(self.stack)
         self.stack = []
 
@@ -357,7 +400,7 @@ class PickleReader:
         self._pop_mark()
 
     def _op_DUP(self) -> None:
-        self._push(self.stack[-1])
+        self.stack.append(self.stack[-1])
 
     # --- opcodes: memo ------------------------------------------------------------------------------
     def _get(self, index: int) -> None:
@@ -366,12 +409,7 @@ class PickleReader:
         value = self.memo[index]
         if isinstance(value, Pending) and value.value is not None:
             value = value.value
-        self._push(value)
-
-    def _put(self, index: int) -> None:
-        if index not in self.memo:
-            self._count_entries(1)
-        self.memo[index] = self.stack[-1]
+        self.stack.append(value)
 
     def _op_GET(self) -> None:
         line = self._line()
@@ -379,37 +417,16 @@ class PickleReader:
             raise self._malformed("a memo index of more than 40 digits")
         self._get(int(line))
 
-    def _op_BINGET(self) -> None:
-        self._get(self._unsigned(1))
-
-    def _op_LONG_BINGET(self) -> None:
-        self._get(self._unsigned(4))
-
     def _op_PUT(self) -> None:
         line = self._line()
         if len(line) > MAX_DIGITS:
             raise self._malformed("a memo index of more than 40 digits")
-        self._put(int(line))
-
-    def _op_BINPUT(self) -> None:
-        self._put(self._unsigned(1))
+        self.memo[int(line)] = self.stack[-1]
 
     def _op_LONG_BINPUT(self) -> None:
-        self._put(self._unsigned(4))
-
-    def _op_MEMOIZE(self) -> None:
-        self._put(len(self.memo))
+        self.memo[self._unpack(_U32, 4)] = self.stack[-1]
 
     # --- opcodes: scalars ---------------------------------------------------------------------------
-    def _op_NONE(self) -> None:
-        self._push(None)
-
-    def _op_NEWTRUE(self) -> None:
-        self._push(True)
-
-    def _op_NEWFALSE(self) -> None:
-        self._push(False)
-
     def _decimal(self) -> bytes:
         line = self._line()
         if len(line) > MAX_DIGITS + 2:
@@ -418,87 +435,77 @@ class PickleReader:
 
     def _op_INT(self) -> None:
         line = self._decimal()
-        self._push(False if line == b"00" else True if line == b"01" else int(line))
+        self.stack.append(False if line == b"00" else True if line == b"01" else int(line))
 
     def _op_LONG(self) -> None:
         line = self._decimal()
-        self._push(int(line[:-1] if line.endswith(b"L") else line))
+        self.stack.append(int(line[:-1] if line.endswith(b"L") else line))
 
     def _op_BININT(self) -> None:
-        start = self._take(4)
-        self._push(int.from_bytes(self.view[start:start + 4], "little", signed=True))
-
-    def _op_BININT1(self) -> None:
-        self._push(self._unsigned(1))
+        self.stack.append(self._unpack(_I32, 4))
 
     def _op_BININT2(self) -> None:
-        self._push(self._unsigned(2))
+        self.stack.append(self._unpack(_U16, 2))
 
     def _long(self, length: int) -> None:
         if length > MAX_INT_BYTES:
             raise self.refuse(f"an integer of {length} bytes")
         start = self._take(length)
-        self._push(int.from_bytes(self.view[start:start + length], "little", signed=True))
+        self.stack.append(int.from_bytes(self.buffer[start:start + length], "little", signed=True))
 
     def _op_LONG1(self) -> None:
-        self._long(self._unsigned(1))
+        self._long(self._byte())
 
     def _op_LONG4(self) -> None:
-        start = self._take(4)
-        self._long(int.from_bytes(self.view[start:start + 4], "little", signed=True))
+        self._long(self._unpack(_I32, 4))
 
     def _op_FLOAT(self) -> None:
-        self._push(float(self._decimal()))
+        self.stack.append(float(self._decimal()))
 
     def _op_BINFLOAT(self) -> None:
-        start = self._take(8)
-        self._push(struct.unpack(">d", self.view[start:start + 8])[0])
+        self.stack.append(self._unpack(_F64, 8))
 
     # --- opcodes: text and bytes --------------------------------------------------------------------
     def _op_STRING(self) -> None:
         line = self._line()
         if len(line) < 2 or line[0] != line[-1] or line[:1] not in (b"'", b'"'):
             raise self._malformed("the STRING opcode's argument is not quoted")
-        self._push(codecs.escape_decode(line[1:-1])[0].decode("latin-1"))
+        self.stack.append(codecs.escape_decode(line[1:-1])[0].decode("latin-1"))
 
     def _op_BINSTRING(self) -> None:
-        start = self._take(4)
-        self._push(self._latin1(int.from_bytes(self.view[start:start + 4], "little", signed=True)))
+        self.stack.append(self._latin1(self._unpack(_I32, 4)))
 
     def _op_SHORT_BINSTRING(self) -> None:
-        self._push(self._latin1(self._unsigned(1)))
+        self.stack.append(self._latin1(self._byte()))
 
     def _op_UNICODE(self) -> None:
-        self._push(str(self._line(), "raw-unicode-escape"))
-
-    def _op_SHORT_BINUNICODE(self) -> None:
-        self._push(self._text(self._unsigned(1)))
+        self.stack.append(str(self._line(), "raw-unicode-escape"))
 
     def _op_BINUNICODE(self) -> None:
-        self._push(self._text(self._unsigned(4)))
+        self.stack.append(self._text(self._unpack(_U32, 4)))
 
     def _op_BINUNICODE8(self) -> None:
-        self._push(self._text(self._unsigned(8)))
+        self.stack.append(self._text(self._unpack(_U64, 8)))
 
     def _blob(self, length: int) -> None:
         start = self._take(length)
-        self._push(Blob(self.buffer, start, start + length))
+        self.stack.append(Blob(self.buffer, start, start + length))
 
     def _op_SHORT_BINBYTES(self) -> None:
-        self._blob(self._unsigned(1))
+        self._blob(self._byte())
 
     def _op_BINBYTES(self) -> None:
-        self._blob(self._unsigned(4))
+        self._blob(self._unpack(_U32, 4))
 
     def _op_BINBYTES8(self) -> None:
-        self._blob(self._unsigned(8))
+        self._blob(self._unpack(_U64, 8))
 
     # --- opcodes: containers ------------------------------------------------------------------------
     def _op_EMPTY_LIST(self) -> None:
-        self._push(self._register([])[0])
+        self.stack.append(self._register([])[0])
 
     def _op_EMPTY_DICT(self) -> None:
-        self._push(self._register({})[0])
+        self.stack.append(self._register({})[0])
 
     def _op_EMPTY_TUPLE(self) -> None:
         self._new_tuple([])
@@ -509,19 +516,18 @@ class PickleReader:
     def _op_TUPLE1(self) -> None:
         self._new_tuple([self.stack.pop()])
 
-    def _op_TUPLE2(self) -> None:
-        items = self.stack[-2:]
-        if len(items) < 2:
+    def _pop_items(self, count: int) -> List[Any]:
+        items = self.stack[-count:]
+        if len(items) < count:
             raise IndexError("stack underflow")
-        del self.stack[-2:]
-        self._new_tuple(items)
+        del self.stack[-count:]
+        return items
+
+    def _op_TUPLE2(self) -> None:
+        self._new_tuple(self._pop_items(2))
 
     def _op_TUPLE3(self) -> None:
-        items = self.stack[-3:]
-        if len(items) < 3:
-            raise IndexError("stack underflow")
-        del self.stack[-3:]
-        self._new_tuple(items)
+        self._new_tuple(self._pop_items(3))
 
     def _op_LIST(self) -> None:
         items = self._pop_mark()
@@ -536,23 +542,18 @@ class PickleReader:
 
     def _append(self, items: List[Any]) -> None:
         target, info = self._mutable(list)
-        self._count_entries(len(items))
-        for item in items:
-            item = self.settle(item)
-            self._adopt(info, item)
-            target.append(item)
+        target.extend(self._store(info, item) for item in items)
 
     def _op_APPEND(self) -> None:
-        item = self.stack.pop()
-        self._append([item])
+        self._append([self.stack.pop()])
 
     def _op_APPENDS(self) -> None:
         self._append(self._pop_mark())
 
     def _op_SETITEM(self) -> None:
-        value, key = self.stack.pop(), self.stack.pop()
+        items = self._pop_items(2)
         target, info = self._mutable(dict)
-        self._set_items(target, info, [key, value])
+        self._set_items(target, info, items)
 
     def _op_SETITEMS(self) -> None:
         items = self._pop_mark()
@@ -563,16 +564,16 @@ class PickleReader:
     def _global(self, module: str, name: str) -> None:
         key = python3_name(module, name)
         if key not in self.allowed:
-            raise self.refuse(f"it asks for the Python global '{printable(key[0])}.{printable(key[1])}', which a weights file does not "
-                              f"need (allowed: tensors, numpy arrays and scalars, containers); nothing was run")
-        self._push(self.allowed[key])
+            raise self.refuse(f"it asks for the Python global '{printable(key[0])}.{printable(key[1])}', which a weights "
+                              f"file does not need (allowed: tensors, numpy arrays and scalars, containers); nothing was run")
+        self.stack.append(self.allowed[key])
 
     def _op_GLOBAL(self) -> None:
         module = self._line().decode("utf-8")
         self._global(module, self._line().decode("utf-8"))
 
     def _op_STACK_GLOBAL(self) -> None:
-        name, module = self.stack.pop(), self.stack.pop()
+        name, module = self._pop_items(2)[::-1]
         if type(name) is not str or type(module) is not str:
             raise self._malformed("STACK_GLOBAL needs two strings")
         self._global(module, name)
@@ -587,7 +588,6 @@ class PickleReader:
             value = function.function(self, *args)
         except TypeError as error:
             raise self.refuse(f"{function.name} is called with {len(args)} arguments ({error})") from None
-        self._count_object()
         self.stack[-1] = self._made(value)
 
     def _op_BUILD(self) -> None:
@@ -609,7 +609,7 @@ class PickleReader:
     def _persistent(self, pid: Any) -> None:
         if self.persistent is None:
             raise self.refuse("it refers to a persistent object, which this kind of file does not contain")
-        self._push(self._made(self.persistent(pid)))
+        self.stack.append(self._made(self.persistent(pid)))
 
     def _op_PERSID(self) -> None:
         self._persistent(self._line().decode("ascii"))
@@ -630,7 +630,13 @@ class PickleReader:
     del _refused
 
 
-def read_pickle(buffer: Buffer, source: str, allowed: Mapping[GlobalName, Any], budget: Budget,
+#: opcode -> the `PickleReader` method that handles it (None: unknown, or handled in `_read`'s loop)
+_DISPATCH: List[Optional[Callable[[PickleReader], None]]] = [None] * 256
+for _code, _name in _OPCODE_NAMES.items():
+    _DISPATCH[_code] = getattr(PickleReader, f"_op_{_name}", None)
+
+
+def read_pickle(buffer: bytes, source: str, allowed: Mapping[GlobalName, Any], budget: Budget,
                 start: int = 0, persistent_load: Optional[Callable[[Any], Any]] = None,
                 limits: Limits = LIMITS) -> Tuple[Any, int]:
     """(value, end position) of the pickle at `start` in `buffer`, read as data (see `PickleReader`)."""

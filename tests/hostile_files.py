@@ -126,7 +126,7 @@ def paddle_cases() -> Dict[str, Tuple[bytes, Tuple[str, ...]]]:
                                           + STOP, ("builtins.tuple of a list",)),
         "state_of_a_list.pdparams": (PROTO2 + EMPTY_LIST + EMPTY_DICT + BUILD + STOP, ("sets the state of a list",)),
         "set.pdparams": (b"\x80\x04" + b"\x8f" + STOP, ("holds a set",)),
-        "many_values.pdparams": (PROTO2 + NONE * 1_000_100 + STOP, ("more than 1000000 values",)),
+        "many_opcodes.pdparams": (PROTO2 + NONE * 2_000_100 + STOP, ("more than 2000000 pickle opcodes",)),
         "truncated.pdparams": (state_dict([("w", small_array())])[:-20], ("not a readable",)),
         "empty.pdparams": (b"", ("not a readable",)),
     }

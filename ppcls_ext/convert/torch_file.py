@@ -7,14 +7,15 @@ persistent id `('storage', torch.FloatStorage, key, location, numel)`) and the l
 protocol, system info, the pickle, its storage keys, then each storage as an element count and its bytes;
 persistent ids may add a view `(key, offset, numel)` into a root storage). The pickle is read as data
 (`safe_pickle`): `torch._utils._rebuild_tensor_v2` / `_rebuild_parameter` and the storage types map to our
-own constructors, tensors are numpy arrays over the storages' bytes (a C-contiguous tensor is viewed in
-place, others copied), and everything is checked against the bytes really present before it is used: zip
+own constructors, each tensor becomes a numpy array copied from its storage's bytes, and everything is
+checked against the bytes really present before it is used: zip
 members against the archive's size (no zip bombs), legacy storage counts against what remains of the file,
 every tensor against its storage, and what the file makes against its `Budget`. `.safetensors` files hold
 no code at all and are read by the `safetensors` package's numpy API.
 """
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -73,10 +74,10 @@ class _Storage:
 
     def __init__(self, storage_type: _StorageType, numel: int):
         self.type, self.numel = storage_type, numel
-        self.buffer: Optional[bytearray] = None
+        self.buffer: Optional[bytes] = None
         self.offset = 0
 
-    def locate(self, buffer: bytearray, offset: int, available: int, source: str) -> None:
+    def locate(self, buffer: bytes, offset: int, available: int, source: str) -> None:
         if self.numel * self.type.stored.itemsize > available:
             raise PickleDataError(f"{source}: a storage of {self.numel} elements has only {available} bytes in the file "
                                   "(truncated or forged)")
@@ -127,11 +128,11 @@ class _PendingTensor:
 
     @property
     def count(self) -> int:
-        return int(np.prod(self.size, dtype=object)) if self.size else 1
+        return math.prod(self.size)
 
     def to_numpy(self, big_endian: bool, reader: PickleReader) -> np.ndarray:
-        """The tensor as a C-contiguous array in native byte order: a view of the file's bytes where the
-        tensor is C-contiguous in its storage, else a copy; what it makes is paid from the budget first."""
+        """The tensor as a C-contiguous array of its own in native byte order, copied from the storage's bytes
+        once what it makes is paid from the budget."""
         out = self.storage.type.output
         reader.budget.spend(self.count * out.itemsize, f"a tensor of size {self.size}")
         if self.count == 0:
@@ -144,12 +145,12 @@ class _PendingTensor:
             values = flat[self.offset:self.offset + self.count].reshape(self.size)
         else:
             strides = [s * flat.itemsize for s in self.stride]
-            values = np.lib.stride_tricks.as_strided(flat[self.offset:], self.size, strides, writeable=False).copy()
+            values = np.lib.stride_tricks.as_strided(flat[self.offset:], self.size, strides, writeable=False)
         if self.storage.type.name == "BFloat16Storage":
-            return (values.astype(np.uint32) << 16).view(np.float32)
+            return (values.astype(np.uint32, order="C") << 16).view(np.float32)
         if out.kind == "b":
-            return np.ascontiguousarray(values.view(np.uint8) != 0)
-        return values if values.dtype.isnative else values.astype(out)
+            return np.not_equal(values.view(np.uint8), 0, order="C")
+        return values.astype(out, order="C")  # a copy of the file's bytes: aligned, writable, native order
 
 
 def _rebuild_tensor(reader: PickleReader, storage: Any, offset: Any, size: Any, stride: Any, *_ignored: Any) -> _PendingTensor:
@@ -221,22 +222,17 @@ def _resolve(obj: Any, big_endian: bool, reader: PickleReader, done: Dict[int, A
     return value
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, allowance: List[int], source: str) -> bytearray:
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, allowance: List[int], source: str) -> bytes:
     """A member's bytes, its declared size checked first against what is left of the archive's own size
     (members of a torch checkpoint are stored, not compressed: together they fit in the file)."""
     if info.file_size > allowance[0]:
         raise UnsafePickleError(f"{source}: refused to load: member {info.filename!r} declares {info.file_size} bytes, "
                                 f"more than the archive holds ({allowance[0]} left of its size): a zip bomb?")
     allowance[0] -= info.file_size
-    data = bytearray(info.file_size)
     with archive.open(info) as member:
-        view, filled = memoryview(data), 0
-        while filled < len(data):
-            count = member.readinto(view[filled:])
-            if not count:
-                raise PickleDataError(f"{source}: member {info.filename!r} ends after {filled} of its {len(data)} bytes")
-            filled += count
-        del view
+        data = member.read(info.file_size)
+    if len(data) != info.file_size:
+        raise PickleDataError(f"{source}: member {info.filename!r} ends after {len(data)} of its {info.file_size} bytes")
     return data
 
 
