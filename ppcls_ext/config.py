@@ -79,8 +79,8 @@ def load_yaml(text: str, where: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         raise
-    except (ValueError, TypeError, OverflowError) as error:  # a constructor's, e.g. the date 2001-13-45
-        raise ConfigError(f"{where}: a value cannot be read: {error}") from None
+    except Exception as error:  # PyYAML's constructors raise plain errors: the date 2001-13-45, `!!timestamp x`
+        raise ConfigError(f"{where}: a value cannot be read ({type(error).__name__}: {error})") from None
 
 
 def read_yaml_file(path: str) -> Any:

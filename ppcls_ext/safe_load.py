@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, Mapping, Union
 import numpy as np
 import paddle
 
-from .safe_pickle import Blob, Budget, Constructor, GlobalName, Pending, PickleDataError, PickleReader, read_pickle
+from .safe_pickle import (Blob, Budget, Constructor, GlobalName, Pending, PickleDataError, PickleReader, describe,
+                          read_pickle)
 
 PathLike = Union[str, os.PathLike]
 
@@ -45,7 +46,7 @@ def plain_dtype(value: Any, reader: PickleReader) -> np.dtype:
     """`value` if it is a dtype of plain numbers made by `_dtype` (no object, void, structured, text)."""
     if not isinstance(value, np.dtype) or value.fields is not None or value.subdtype is not None or value.hasobject \
             or f"{value.kind}{value.itemsize}" not in PLAIN_DTYPES:
-        raise reader.refuse(f"an array or scalar of type {value!r} (plain numbers only)")
+        raise reader.refuse(f"an array or scalar of type {describe(value)} (plain numbers only)")
     return value
 
 
@@ -65,7 +66,7 @@ def dimensions(value: Any, reader: PickleReader, what: str) -> tuple:
     """A shape (or strides): a short tuple of non-negative ints of a sane size."""
     if type(value) not in (tuple, list) or len(value) > MAX_DIMS or any(
             type(d) is not int or not 0 <= d < 1 << 48 for d in value):
-        raise reader.refuse(f"{what} {value!r} is not a tuple of at most {MAX_DIMS} sizes")
+        raise reader.refuse(f"{what} {describe(value)} is not a tuple of at most {MAX_DIMS} sizes")
     return tuple(value)
 
 
@@ -104,13 +105,13 @@ class _PendingDtype(Pending):
                 or state[1] not in ("<", ">", "|", "=") or any(s is not None for s in state[2:5]) \
                 or not all(type(s) is int for s in state[5:8]) or (len(state) == 9 and state[8] is not None
                                                                     and not isinstance(state[8], dict)):
-            raise reader.refuse(f"the state {state!r} of a numpy dtype (plain numbers only)")
+            raise reader.refuse(f"the state {describe(state)} of a numpy dtype (plain numbers only)")
         return self.dtype.newbyteorder(state[1]) if state[1] in "<>" and self.dtype.itemsize > 1 else self.dtype
 
 
 def _dtype(reader: PickleReader, code: Any, align: Any = False, copy: Any = True) -> _PendingDtype:
     if type(code) is not str or code not in PLAIN_DTYPES or type(align) is not bool or type(copy) is not bool:
-        raise reader.refuse(f"a numpy dtype {code!r} (plain numbers only: {', '.join(sorted(PLAIN_DTYPES))})")
+        raise reader.refuse(f"a numpy dtype {describe(code)} (plain numbers only: {', '.join(sorted(PLAIN_DTYPES))})")
     return _PendingDtype(np.dtype(code))
 
 
@@ -149,7 +150,7 @@ def _scalar(reader: PickleReader, dtype: Any, data: Any) -> Any:
 def _latin1_encode(reader: PickleReader, text: Any, encoding: Any = "utf-8") -> Blob:
     """`_codecs.encode(text, 'latin1')`: how protocol 2 writes bytes; no other codec is run."""
     if type(text) is not str or encoding not in ("latin1", "latin-1"):
-        raise reader.refuse(f"_codecs.encode with codec {encoding!r} (only latin1, which protocol 2 uses for bytes)")
+        raise reader.refuse(f"_codecs.encode with codec {describe(encoding)} (only latin1, which protocol 2 uses for bytes)")
     return file_bytes(text, reader, "encoded bytes")
 
 

@@ -126,6 +126,21 @@ def printable(text: str) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
+def describe(value: Any, limit: int = 60) -> str:
+    """A value read from a file, for a one-line message: short text and numbers as they are (cut to `limit`
+    characters), small tuples item by item, anything else by its type and size - never a whole repr."""
+    if isinstance(value, (str, bytes)):
+        text = repr(value[:limit]) + ("..." if len(value) > limit else "")
+    elif value is None or isinstance(value, (bool, int, float)):
+        text = repr(value)
+    elif type(value) is tuple and len(value) <= 8:
+        text = "(" + ", ".join(describe(item, limit // 3) for item in value) + ("," if len(value) == 1 else "") + ")"
+    else:
+        size = f" of {len(value)} items" if isinstance(value, (list, dict, tuple)) else ""
+        text = f"a {type(value).__name__}{size}"
+    return printable(text)
+
+
 def python3_name(module: str, name: str) -> GlobalName:
     """Protocol 0-2 pickles name Python 2 modules (`__builtin__`, `copy_reg`); map them as pickle does."""
     if (module, name) in _compat_pickle.NAME_MAPPING:
@@ -228,7 +243,8 @@ class PickleReader:
             raise
         except Exception as error:  # a malformed stream: empty stack, wrong types, bad text, ...
             name = _OPCODE_NAMES.get(code, "?")
-            raise self._malformed(f"opcode {name} at byte {pos - 1} fails ({type(error).__name__}: {error})") from None
+            detail = printable(str(error))[:200]
+            raise self._malformed(f"opcode {name} at byte {pos - 1} fails ({type(error).__name__}: {detail})") from None
         return self.result, self.pos
 
     def _take(self, length: int) -> int:

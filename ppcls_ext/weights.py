@@ -343,8 +343,9 @@ def _shape(value: object) -> tuple:
 
 
 def _listing(keys: List[str], limit: int = 5) -> str:
+    """The first `limit` keys for a message, each cut to 100 characters (a file may hold any names)."""
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
+    return ", ".join(k if len(k) <= 100 else k[:97] + "..." for k in keys[:limit]) + more
 
 
 def _fit(model: ImageClassifier, state_dict: Mapping[str, object], source: str, numerics: Optional[Numerics],

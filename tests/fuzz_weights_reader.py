@@ -76,6 +76,27 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
+def mutate_zip_pickle(data: bytes, rng: random.Random) -> bytes:
+    """A torch zip whose data.pkl is mutated and re-zipped (so that the CRC still matches and the reader sees
+    the mutated pickle), sometimes with a storage member cut short or dropped."""
+    import io
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name in source.namelist():
+            member = source.read(name)
+            if name.endswith("data.pkl"):
+                member = mutate(member, rng)
+            elif "/data/" in name and rng.random() < 0.1:
+                member = member[:rng.randrange(len(member) + 1)]
+                if rng.random() < 0.3:
+                    continue
+            archive.writestr(name, member)
+    return out.getvalue()
+
+
 def random_stream(rng: random.Random) -> bytes:
     """A random opcode stream over the allowed globals, with plausible arguments."""
     out = [b"\x80\x02"]
@@ -116,9 +137,13 @@ def run_child(seed: int, count: int, folder: str, slow: float) -> None:
     names = sorted(genuine)
     for case in range(count):
         rng = random.Random(seed * 1_000_003 + case)
-        if rng.random() < 0.7:
+        choice = rng.random()
+        if choice < 0.5:
             source = rng.choice(names)
             data = mutate(genuine[source], rng)
+        elif choice < 0.75:
+            source = rng.choice(("zip.pth", "wrapped.pth"))
+            data = mutate_zip_pickle(genuine[source], rng)
         else:
             source, data = "stream", random_stream(rng)
         path = os.path.join(folder, f"case{'.pth' if source.endswith('.pth') else '.pdparams'}")

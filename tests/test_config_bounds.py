@@ -36,7 +36,8 @@ def infer(argv, capsys):
     ("cycle.yaml", "Global: &g {epochs: 1, again: *g}\n", "refers to a node that contains it"),
     ("long_number.yaml", "Global:\n  epochs: " + "9" * 100_000 + "\n", "a number of 100000 characters"),
     ("sexagesimal.yaml", "Global:\n  epochs: " + "1:" * 50_000 + "1\n", "a number of 100001 characters"),
-    ("month13.yaml", "Global:\n  date: 2001-13-45\n", "a value cannot be read: month must be in 1..12")])
+    ("month13.yaml", "Global:\n  date: 2001-13-45\n", "a value cannot be read (ValueError: month must be in 1..12)"),
+    ("bad_timestamp.yaml", "Global:\n  date: !!timestamp soon\n", "a value cannot be read (AttributeError")])
 def test_unbounded_configs_are_one_line(tmp_path, capsys, name, text, words):
     path = tmp_path / name
     path.write_text(text)

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ..safe_load import PADDLE_GLOBALS, dimensions, read_whole_file
-from ..safe_pickle import Budget, Constructor, PickleDataError, PickleReader, UnsafePickleError, read_pickle
+from ..safe_pickle import Budget, Constructor, PickleDataError, PickleReader, UnsafePickleError, describe, read_pickle
 
 PathLike = Union[str, os.PathLike]
 
@@ -157,7 +157,7 @@ def _rebuild_tensor(reader: PickleReader, storage: Any, offset: Any, size: Any, 
     """torch._utils._rebuild_tensor(_v2): (storage, offset, size, stride[, requires_grad, hooks, metadata]);
     requires_grad, hooks and metadata do not matter for weights."""
     if not isinstance(storage, _Storage) or type(offset) is not int or offset < 0:
-        raise reader.refuse(f"a tensor is rebuilt from a {type(storage).__name__} at offset {offset!r}")
+        raise reader.refuse(f"a tensor is rebuilt from a {type(storage).__name__} at offset {describe(offset)}")
     size, stride = dimensions(size, reader, "a tensor size"), dimensions(stride, reader, "a tensor stride")
     if len(size) != len(stride):
         raise reader.refuse(f"a tensor of size {size} has strides {stride}")
@@ -190,17 +190,17 @@ TORCH_GLOBALS: Dict[Tuple[str, str], Any] = {
 def _storage_id(pid: Any, reader: PickleReader, length: int) -> Tuple[_StorageType, str, int]:
     """(type, key, numel) of a persistent id ('storage', type, key, location, numel, ...)."""
     if type(pid) is not tuple or len(pid) != length or pid[0] != "storage":
-        raise reader.refuse(f"a persistent object {str(pid)[:80]} that is not a storage")
+        raise reader.refuse(f"a persistent object {describe(pid)} that is not a storage")
     storage_type, key, numel = pid[1], pid[2], pid[4]
     if not isinstance(storage_type, _StorageType) or type(key) is not str or type(numel) is not int \
             or not 0 <= numel < 1 << 48:
-        raise reader.refuse(f"a storage of type {storage_type!r}, key {key!r}, {numel!r} elements")
+        raise reader.refuse(f"a storage of type {describe(storage_type)}, key {describe(key)}, {describe(numel)} elements")
     return storage_type, key, numel
 
 
 def _same_type(storage: _Storage, storage_type: _StorageType, key: str, reader: PickleReader) -> _Storage:
     if storage.type != storage_type:
-        raise reader.refuse(f"storage {key!r} is used as {storage.type.name} and as {storage_type.name}")
+        raise reader.refuse(f"storage {describe(key)} is used as {storage.type.name} and as {storage_type.name}")
     return storage
 
 
@@ -226,13 +226,13 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, allowance: Lis
     """A member's bytes, its declared size checked first against what is left of the archive's own size
     (members of a torch checkpoint are stored, not compressed: together they fit in the file)."""
     if info.file_size > allowance[0]:
-        raise UnsafePickleError(f"{source}: refused to load: member {info.filename!r} declares {info.file_size} bytes, "
+        raise UnsafePickleError(f"{source}: refused to load: member {describe(info.filename)} declares {info.file_size} bytes, "
                                 f"more than the archive holds ({allowance[0]} left of its size): a zip bomb?")
     allowance[0] -= info.file_size
     with archive.open(info) as member:
         data = member.read(info.file_size)
     if len(data) != info.file_size:
-        raise PickleDataError(f"{source}: member {info.filename!r} ends after {len(data)} of its {info.file_size} bytes")
+        raise PickleDataError(f"{source}: member {describe(info.filename)} ends after {len(data)} of its {info.file_size} bytes")
     return data
 
 
@@ -258,7 +258,7 @@ def _read_zip(path: PathLike, source: str) -> Any:
                 return _same_type(storages[key], storage_type, key, reader)
             record = f"{prefix}data/{key}"
             if record not in members:
-                raise PickleDataError(f"{source}: storage {key!r} is missing from the archive")
+                raise PickleDataError(f"{source}: storage {describe(key)} is missing from the archive")
             data = _read_member(archive, members[record], allowance, source)
             storage = storages[key] = _Storage(storage_type, numel)
             storage.locate(data, 0, len(data), source)
@@ -289,7 +289,7 @@ def _read_legacy(path: PathLike, source: str) -> Any:
             return storage
         if type(view) is not tuple or len(view) != 3 or type(view[0]) is not str or isinstance(storage, _StorageView) \
                 or not all(type(v) is int and v >= 0 for v in view[1:]) or view[1] + view[2] > storage.numel:
-            raise reader.refuse(f"a view {view!r} of storage {key!r} ({storage.numel} elements)")
+            raise reader.refuse(f"a view {describe(view)} of storage {describe(key)} ({storage.numel} elements)")
         if view[0] not in storages:
             storages[view[0]] = _StorageView(storage, view[1], view[2])
         return _same_type(storages[view[0]], storage_type, view[0], reader)
@@ -302,14 +302,14 @@ def _read_legacy(path: PathLike, source: str) -> Any:
     for key in keys:
         storage = storages.get(key)
         if storage is None or isinstance(storage, _StorageView):
-            raise TorchFileError(f"{source}: storage {key!r} is listed but never used")
+            raise TorchFileError(f"{source}: storage {describe(key)} is listed but never used")
         if position + 8 > len(data):
-            raise TorchFileError(f"{source}: the file ends inside storage {key!r} (truncated?)")
+            raise TorchFileError(f"{source}: the file ends inside storage {describe(key)} (truncated?)")
         count = int.from_bytes(data[position:position + 8], "big" if big_endian else "little")
         position += 8
         available = len(data) - position
         if count < storage.numel or count * storage.type.stored.itemsize > available:
-            raise TorchFileError(f"{source}: the file ends inside storage {key!r}: it declares {count} elements "
+            raise TorchFileError(f"{source}: the file ends inside storage {describe(key)}: it declares {count} elements "
                                  f"({storage.numel} used) and {available} bytes remain (truncated or forged)")
         storage.locate(data, position, available, source)
         position += count * storage.type.stored.itemsize

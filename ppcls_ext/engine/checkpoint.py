@@ -174,6 +174,9 @@ def load_checkpoint(prefix: str, with_optimizer: bool = True, with_ema: bool = F
     if not isinstance(states, Mapping):
         raise ConfigError(f"Global.checkpoints: {prefix}.pdstates does not hold training states")
     manifest = states.get(MANIFEST)
+    if manifest and not (isinstance(manifest, Mapping) and isinstance(manifest.get("files"), Mapping)):
+        raise ConfigError(f"Global.checkpoints: {prefix}.pdstates has a malformed manifest ({MANIFEST!r}); resume from "
+                          "another checkpoint")
     members = manifest["files"] if manifest else {m: None for m in MEMBERS[:-1] if os.path.isfile(f"{prefix}.{m}")}
     # which file holds what: the EMA weights move to .pdparams when there are any (PaddleClas's layout, format 2)
     roles = {"model": "pdema" if manifest and "pdema" in members else "pdparams",
