@@ -8,8 +8,8 @@ go into a `StructuredToParameterName@@` table, and arrays over 1 GiB saved with 
 into slices listed under `UnpackBigParamInfor@@`; numpy scalars (`numpy.core.multiarray.scalar`),
 Python numbers and strings, `collections.OrderedDict`, and - in objects that are not state dicts - tensors
 as `builtins.tuple` of `(name, array)`. Those globals map here to our own constructors, which accept
-plain numeric dtypes only and copy each array from exactly its bytes in the file (`safe_pickle`); the result is
-what `paddle.load` returns for the same file (tensors, or numpy arrays with `return_numpy`).
+plain numeric dtypes only and make each array of exactly its bytes in the file (`safe_pickle`); the result is
+what `paddle.load` returns for the same file (tensors, or numpy arrays of their own with `return_numpy`).
 """
 from __future__ import annotations
 
@@ -77,8 +77,22 @@ def owned_copy(array: np.ndarray) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("="), order="C")
 
 
+def as_plain(array: np.ndarray) -> np.ndarray:
+    """`array` if it is C-contiguous plain numbers in native byte order (a read-only view of the file's
+    bytes: whoever makes tensors of it copies it anyway), else `owned_copy(array)`."""
+    if array.flags.c_contiguous and array.dtype.isnative and array.dtype.kind != "b":
+        return array
+    return owned_copy(array)
+
+
+def owned(array: np.ndarray) -> np.ndarray:
+    """`array` as one the caller may change: a copy of a view of the file's bytes."""
+    return array if array.flags.writeable else array.copy()
+
+
 def array_from(data: Blob, dtype: np.dtype, shape: tuple, reader: PickleReader, fortran: bool = False) -> np.ndarray:
-    """The array of `shape` made of exactly the bytes of `data` (copied once, after checking the size)."""
+    """The array of `shape` made of exactly the bytes of `data` (`as_plain`: viewed in place, or converted),
+    once its size is checked against them."""
     count = math.prod(shape)
     if count * dtype.itemsize != len(data):
         raise reader.refuse(f"an array of shape {shape} and type {dtype} needs {count * dtype.itemsize} bytes, "
@@ -86,7 +100,7 @@ def array_from(data: Blob, dtype: np.dtype, shape: tuple, reader: PickleReader, 
     reader.budget.spend(count * dtype.itemsize, "an array")
     buffer, offset, _ = data.claim(reader.source)
     flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset) if count else np.empty(0, dtype)
-    return owned_copy(flat.reshape(shape, order="F" if fortran else "C"))
+    return as_plain(flat.reshape(shape, order="F" if fortran else "C"))
 
 
 class _PendingDtype(Pending):
@@ -280,14 +294,14 @@ def load_paddle_file(path: PathLike, return_numpy: bool = False) -> Any:
         if NAME_TABLE in obj:  # a state dict: its arrays become (named) tensors
             names = _names(obj.pop(NAME_TABLE), source)
             if return_numpy:
-                return obj
+                return type(obj)((k, owned(v) if isinstance(v, np.ndarray) else v) for k, v in obj.items())
             tensors: Dict[int, Any] = {}
             for key, value in obj.items():
                 if id(value) not in tensors:
                     tensors[id(value)] = _tensor(value, names.get(key, ""))
             return type(obj)((k, tensors[id(v)]) for k, v in obj.items())
     if return_numpy:
-        return _Converter(lambda v: v[1] if _is_tensor_tuple(v) else v)(obj)
+        return _Converter(lambda v: owned(v[1]) if _is_tensor_tuple(v) else owned(v) if isinstance(v, np.ndarray) else v)(obj)
     if _contains_tensor_tuple(obj, set()):  # tensors saved inside other objects
         return _Converter(lambda v: _tensor(v[1], v[0]) if _is_tensor_tuple(v) else v)(obj)
     return _Converter(_tensor)(obj)

@@ -7,8 +7,8 @@ persistent id `('storage', torch.FloatStorage, key, location, numel)`) and the l
 protocol, system info, the pickle, its storage keys, then each storage as an element count and its bytes;
 persistent ids may add a view `(key, offset, numel)` into a root storage). The pickle is read as data
 (`safe_pickle`): `torch._utils._rebuild_tensor_v2` / `_rebuild_parameter` and the storage types map to our
-own constructors, each tensor becomes a numpy array copied from its storage's bytes, and everything is
-checked against the bytes really present before it is used: zip
+own constructors, each tensor becomes a numpy array of its storage's bytes (viewed in place, read-only, where
+it is C-contiguous; else copied), and everything is checked against the bytes really present before it is used: zip
 members against the archive's size (no zip bombs), legacy storage counts against what remains of the file,
 every tensor against its storage, and what the file makes against its `Budget`. `.safetensors` files hold
 no code at all and are read by the `safetensors` package's numpy API.
@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..safe_load import PADDLE_GLOBALS, dimensions, read_whole_file
+from ..safe_load import PADDLE_GLOBALS, as_plain, dimensions, read_whole_file
 from ..safe_pickle import Budget, Constructor, PickleDataError, PickleReader, UnsafePickleError, describe, read_pickle
 
 PathLike = Union[str, os.PathLike]
@@ -131,8 +131,8 @@ class _PendingTensor:
         return math.prod(self.size)
 
     def to_numpy(self, big_endian: bool, reader: PickleReader) -> np.ndarray:
-        """The tensor as a C-contiguous array of its own in native byte order, copied from the storage's bytes
-        once what it makes is paid from the budget."""
+        """The tensor as a C-contiguous array in native byte order (`safe_load.as_plain`: a read-only view of
+        the storage's bytes where it is laid out so, else a copy), once what it makes is paid from the budget."""
         out = self.storage.type.output
         reader.budget.spend(self.count * out.itemsize, f"a tensor of size {self.size}")
         if self.count == 0:
@@ -148,9 +148,7 @@ class _PendingTensor:
             values = np.lib.stride_tricks.as_strided(flat[self.offset:], self.size, strides, writeable=False)
         if self.storage.type.name == "BFloat16Storage":
             return (values.astype(np.uint32, order="C") << 16).view(np.float32)
-        if out.kind == "b":
-            return np.not_equal(values.view(np.uint8), 0, order="C")
-        return values.astype(out, order="C")  # a copy of the file's bytes: aligned, writable, native order
+        return as_plain(values)
 
 
 def _rebuild_tensor(reader: PickleReader, storage: Any, offset: Any, size: Any, stride: Any, *_ignored: Any) -> _PendingTensor:
@@ -361,7 +359,8 @@ def _find_state_dict(obj: Any, source: str) -> Dict[str, np.ndarray]:
 
 
 def read_foreign_state_dict(path: PathLike) -> Tuple[str, Dict[str, np.ndarray]]:
-    """(format, state dict as numpy arrays) of a PyTorch (.pth/.pt/.bin, zip or legacy) or .safetensors file."""
+    """(format, state dict as numpy arrays) of a PyTorch (.pth/.pt/.bin, zip or legacy) or .safetensors file;
+    arrays that view the file's bytes are read-only (copy one to change it)."""
     source = str(path)
     kind = file_format(path)
     try:
