@@ -128,16 +128,22 @@ def printable(text: str) -> str:
 
 def describe(value: Any, limit: int = 60) -> str:
     """A value read from a file, for a one-line message: short text and numbers as they are (cut to `limit`
-    characters), small tuples item by item, anything else by its type and size - never a whole repr."""
+    characters), small tuples, lists and dicts item by item, anything else by its type and size - never a
+    whole repr (which could be huge, span lines, or run a forged object's code)."""
     if isinstance(value, (str, bytes)):
         text = repr(value[:limit]) + ("..." if len(value) > limit else "")
-    elif value is None or isinstance(value, (bool, int, float)):
+    elif value is None or type(value) in (bool, int, float):
         text = repr(value)
-    elif type(value) is tuple and len(value) <= 8:
-        text = "(" + ", ".join(describe(item, limit // 3) for item in value) + ("," if len(value) == 1 else "") + ")"
+    elif type(value) in (tuple, list, dict) and len(value) <= 4 and limit >= 12:
+        if type(value) is dict:
+            items = ", ".join(f"{describe(k, limit // 3)}: {describe(v, limit // 3)}" for k, v in value.items())
+            text = "{" + items + "}"
+        else:
+            items = ", ".join(describe(item, limit // 3) for item in value)
+            text = f"({items}{',' if len(value) == 1 else ''})" if type(value) is tuple else f"[{items}]"
     else:
-        size = f" of {len(value)} items" if isinstance(value, (list, dict, tuple)) else ""
-        text = f"a {type(value).__name__}{size}"
+        size = f" of {len(value)} items" if type(value) in (tuple, list, dict) else ""
+        text = f"<{type(value).__name__}{size}>"
     return printable(text)
 
 

@@ -16,6 +16,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TORCH_FORMATS = os.path.join(HERE, "fixtures", "torch_formats")
 
 
+#: 100 000 distinct CJK characters (300 kB): punycode encodes them in quadratic time (minutes)
+DISTINCT_TEXT = "".join(chr(0x4E00 + (i * 7919) % 20_000) for i in range(100_000))
+
+
 # --- opcodes --------------------------------------------------------------------------------------
 PROTO2 = b"\x80\x02"
 MARK, STOP, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE = b"(", b".", b"}", b"]", b")"
@@ -90,7 +94,7 @@ def paddle_cases() -> Dict[str, Tuple[bytes, Tuple[str, ...]]]:
     void_object = (call(glob("numpy", "dtype"), text("V8"), FALSE, TRUE)
                    + tup(integer(3), text("|"), NONE, tup(text("a")),
                          EMPTY_DICT + text("a") + tup(dtype("O8"), integer(0)) + SETITEM,
-                         integer(8), integer(1), integer(0x3F)) + BUILD)
+                         integer(8), integer(1), integer(0)) + BUILD)  # the object flag cleared: numpy trusts it
     depth = 50_000
     shared_blob = raw(b"\0" * 4096) + put(0)
     many_arrays = b"".join(text(f"w{i}") + array((1024,), dtype("f4"), get(0)) for i in range(200))
@@ -98,13 +102,13 @@ def paddle_cases() -> Dict[str, Tuple[bytes, Tuple[str, ...]]]:
     many_encodes = b"".join(text(f"w{i}") + array((50_000,), dtype("f4"), call(glob("_codecs", "encode"), get(0),
                                                                                  text("latin1"))) for i in range(50))
     return {
-        "void_object_scalar.pdparams": (state_dict([("s", call(glob("numpy.core.multiarray", "scalar"), void_object,
+        "void_object_scalar.pdparams": (state_dict([("SourceNumerics@@", call(glob("numpy.core.multiarray", "scalar"), void_object,
                                                                raw(forged_pointer)))]), ("numpy dtype 'V8'", "plain numbers")),
         "object_array.pdparams": (state_dict([("w", array((2,), dtype("O8"), EMPTY_LIST))]), ("numpy dtype 'O8'",)),
         "zero_stride_16gib.pdparams": (state_dict([("w", array((1 << 32, 1), dtype("f4"), raw(b"\0" * 4)))]),
                                        ("needs 17179869184 bytes", "gives 4")),
         "declared_larger.pdparams": (PROTO2 + b"\x8e" + struct.pack("<Q", 1 << 40) + b"\0" * 16, ("declares 1099511627776 bytes",)),
-        "punycode.pdparams": (state_dict([("w", call(glob("_codecs", "encode"), text("\u00e9" * 300_000), text("punycode")))]),
+        "punycode.pdparams": (state_dict([("w", call(glob("_codecs", "encode"), text(DISTINCT_TEXT), text("punycode")))]),
                               ("codec 'punycode'",)),
         "deep_nesting.pdparams": (PROTO2 + EMPTY_LIST * depth + APPEND * (depth - 1) + STOP, ("nested deeper than 100",)),
         "self_reference.pdparams": (PROTO2 + EMPTY_LIST + MEMOIZE + get(0) + APPEND + STOP, ("holds itself",)),
@@ -199,7 +203,7 @@ def torch_cases() -> Dict[str, Tuple[bytes, Tuple[str, ...]]]:
                                   ("rebuilt from a str",)),
         "runs_command.pth": (torch_zip(PROTO2 + call(glob("posix", "system"), text("echo ran")) + STOP, {}),
                              ("'posix.system'",)),
-        "punycode.pth": (torch_zip(state_dict([("w", call(glob("_codecs", "encode"), text("\u00e9" * 300_000),
+        "punycode.pth": (torch_zip(state_dict([("w", call(glob("_codecs", "encode"), text(DISTINCT_TEXT),
                                                           text("punycode")))]), {}), ("codec 'punycode'",)),
     }
 
