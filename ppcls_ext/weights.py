@@ -11,6 +11,7 @@ error.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -338,6 +339,17 @@ def check_numerics(model: nn.Layer, numerics: Optional[Numerics], label: str) ->
         f"(config: Arch.padding, Arch.bn_epsilon)")
 
 
+#: tensor types one another's values convert to without changing what a model computes (beyond rounding)
+FLOAT_TYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+def _dtype_name(value: object) -> str:
+    """'float32' for a numpy array or a Paddle tensor of that type (Paddle: `paddle.float32`), else the
+    value's type name."""
+    dtype = getattr(value, "dtype", None)
+    return str(dtype).replace("paddle.", "") if dtype is not None else type(value).__name__
+
+
 def _shape(value: object) -> tuple:
     return tuple(int(d) for d in getattr(value, "shape", ()))
 
@@ -357,11 +369,20 @@ def _fit(model: ImageClassifier, state_dict: Mapping[str, object], source: str, 
     unexpected = [k for k in state if k not in expected]
     mismatched = [k for k in expected if k in state and _shape(state[k]) != _shape(expected[k])]
     skipped = [k for k in missing + unexpected + mismatched if k.startswith(model.classifier_prefixes)]
+    # the dtypes the tensors have (an AMP-O2-decorated model's state_dict() shows float32 copies of float16 ones)
+    own = {name: tensor for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers())}
+    target = {k: own.get(k, expected[k]) for k in expected}
+    fitting = [k for k in expected if k in state and k not in mismatched and k not in skipped]
+    retype = [k for k in fitting if _dtype_name(state[k]) != _dtype_name(target[k])]
+    wrong_type = [k for k in retype if not {_dtype_name(state[k]), _dtype_name(target[k])} <= FLOAT_TYPES]
     problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched),
+                        ("wrong type", wrong_type)):
         keys = [k for k in keys if k not in skipped]
         if label == "wrong shape":
             keys = [f"{k} {_shape(state[k])} vs {_shape(expected[k])}" for k in keys]
+        elif label == "wrong type":
+            keys = [f"{k} {_dtype_name(state[k])} vs {_dtype_name(target[k])}" for k in keys]
         if keys:
             problems.append(f"{label} {len(keys)}: {_listing(keys)}")
     if problems:
@@ -375,6 +396,12 @@ def _fit(model: ImageClassifier, state_dict: Mapping[str, object], source: str, 
     if skipped:
         logger.warning("%s: classifier does not match the model's class_num; left as initialised: %s", source, _listing(skipped))
     loaded = {k: v for k, v in state.items() if k in expected and k not in skipped}
+    if retype:  # floating point of another width (a float16 or float64 save): Paddle would assert
+        logger.info("%s: %d tensors cast from %s to the model's %s", source, len(retype), _dtype_name(state[retype[0]]),
+                    _dtype_name(target[retype[0]]))
+        for k in retype:
+            value = loaded[k] if isinstance(loaded[k], paddle.Tensor) else paddle.to_tensor(loaded[k])
+            loaded[k] = value.astype(target[k].dtype)
     model.set_state_dict({**expected, **loaded})  # complete, so that Paddle does not warn about the skipped keys
     return skipped
 

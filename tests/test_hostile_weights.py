@@ -189,3 +189,29 @@ def test_a_symlinked_save_folder_is_refused_and_nothing_is_moved(tmp_path, entry
         recover_checkpoints(str(output))
     assert sorted(p.name for p in victim.iterdir()) == ["latest.pdopt", "latest.pdparams", "latest.pdstates"]
     assert sorted(p.name for p in output.iterdir()) == [entry]
+
+
+def test_weights_of_another_float_width_are_cast_and_other_types_refused(tmp_path):
+    """A state dict saved in float16 or float64 gives the float32 model's logits (to float16 rounding);
+    integers, bools or complex numbers where weights are float32 are one line naming the keys (Paddle's own
+    set_state_dict would stop with an AssertionError traceback)."""
+    import paddle
+
+    model = ppcls_ext.create_model("MicroNet_M0", class_num=10)
+    model.eval()
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32))
+    reference = model(x).numpy()
+    arrays = {k: v.numpy() for k, v in model.state_dict().items()}
+    for dtype, tolerance in (("float64", 1e-6), ("float16", 5e-2), ("int64", None), ("bool", None), ("complex64", None)):
+        path = tmp_path / f"{dtype}.pdparams"
+        path.write_bytes(pickle.dumps({**{k: v.astype(dtype) for k, v in arrays.items()},
+                                       "StructuredToParameterName@@": {}}, protocol=4))
+        if tolerance is None:
+            with pytest.raises(IncompatibleWeightsError, match=rf"{dtype}\.pdparams does not fit MicroNet: wrong type \d+: "
+                                                               rf"stem\.conv\.conv_kx1\.conv\.weight {dtype} vs float32"):
+                ppcls_ext.create_model("MicroNet_M0", class_num=10, pretrained=str(path))
+            continue
+        loaded = ppcls_ext.create_model("MicroNet_M0", class_num=10, pretrained=str(path))
+        loaded.eval()
+        assert all(str(v.dtype) == "paddle.float32" for v in loaded.state_dict().values())
+        np.testing.assert_allclose(loaded(x).numpy(), reference, atol=tolerance, rtol=tolerance)
