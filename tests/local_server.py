@@ -14,7 +14,8 @@ from typing import Dict, List, Optional, Tuple
 class LocalServer:
     def __init__(self, files: Dict[str, Tuple[int, bytes, Optional[int]]], redirects: Optional[Dict[str, str]] = None,
                  certificate: Optional[Tuple[str, str]] = None):
-        self.files, self.redirects, self.requests = files, dict(redirects or {}), []  # type: List[str]
+        self.files, self.redirects = files, dict(redirects or {})
+        self.requests: List[str] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
