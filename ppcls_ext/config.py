@@ -16,6 +16,83 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the file, key path or value at fault."""
 
 
+#: how deep a YAML document may nest, how many nodes its aliases may expand to per byte of its text (plus
+#: `YAML_NODE_ALLOWANCE`), and the longest number it may write: a "billion laughs" of nested aliases, a
+#: 50 000-deep list or a million-digit integer is one line, refused before anything is built
+YAML_MAX_DEPTH, YAML_NODES_PER_BYTE, YAML_NODE_ALLOWANCE, YAML_MAX_NUMBER = 100, 2, 1000, 100
+_RESOLVER = yaml.resolver.Resolver()
+#: libyaml's parser where PyYAML has it: it looks ahead over a deep flow collection 1000x faster than
+#: PyYAML's own scanner, and stops at its own nesting limit (1000)
+_EVENT_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+def _check_yaml_events(text: str, where: str) -> None:
+    """Walk the document's parser events (a flat stream: no recursion, nothing built) counting the nodes
+    it holds with every alias expanded; ConfigError when that count, its nesting or a number is too large."""
+    limit = YAML_NODES_PER_BYTE * len(text) + YAML_NODE_ALLOWANCE
+    anchors: Dict[str, int] = {}
+    open_nodes: List[list] = []  # [nodes so far, anchor] of each collection not yet closed
+    total = 0
+
+    def close(size: int, anchor: Optional[str]) -> None:
+        nonlocal total
+        if anchor is not None:
+            anchors[anchor] = size
+        if open_nodes:
+            open_nodes[-1][0] += size
+        total += 0 if open_nodes else size
+        if (open_nodes[-1][0] if open_nodes else total) > limit:
+            raise ConfigError(f"{where}: its aliases expand to more than {limit} values ({YAML_NODES_PER_BYTE} per byte "
+                              "of the file): a YAML bomb?")
+
+    try:
+        for event in yaml.parse(text, Loader=_EVENT_LOADER):
+            if isinstance(event, yaml.CollectionStartEvent):
+                if len(open_nodes) >= YAML_MAX_DEPTH:
+                    raise ConfigError(f"{where}: nested deeper than {YAML_MAX_DEPTH} levels (line {event.start_mark.line + 1})")
+                open_nodes.append([1, event.anchor])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                close(*open_nodes.pop())
+            elif isinstance(event, yaml.ScalarEvent):
+                tag = event.tag if event.tag not in (None, "!") else _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+                if tag in _NUMBER_TAGS and len(event.value) > YAML_MAX_NUMBER:
+                    raise ConfigError(f"{where}: a number of {len(event.value)} characters (line {event.start_mark.line + 1})")
+                close(1, event.anchor)
+            elif isinstance(event, yaml.AliasEvent):
+                if any(anchor == event.anchor for _, anchor in open_nodes):
+                    raise ConfigError(f"{where}: the alias *{event.anchor} refers to a node that contains it (a cycle; "
+                                      f"line {event.start_mark.line + 1})")
+                close(anchors.get(event.anchor, 1), None)
+    except yaml.YAMLError as error:
+        if "maximum nesting depth" in str(error):  # libyaml's own limit (1000), met while it looks ahead
+            raise ConfigError(f"{where}: nested deeper than {YAML_MAX_DEPTH} levels") from None
+        raise
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML text with PyYAML's safe loader once `_check_yaml_events` has found it bounded. Bounds and
+    values that cannot be built (a 13th month) are a ConfigError naming `where`; a syntax error stays a
+    `yaml.YAMLError` for the caller to word."""
+    _check_yaml_events(text, where)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise
+    except Exception as error:  # PyYAML's constructors raise plain errors: the date 2001-13-45, `!!timestamp x`
+        raise ConfigError(f"{where}: a value cannot be read ({type(error).__name__}: {error})") from None
+
+
+def read_yaml_file(path: str) -> Any:
+    """The YAML file at `path`, bounded (`load_yaml`); text that is not UTF-8 is a ConfigError."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not a UTF-8 text file ({error.reason} at byte {error.start})") from None
+    return load_yaml(text, path)
+
+
 def _literal(value: Any) -> Any:
     """PaddleClas reads string scalars through `ast.literal_eval`, so `4e-5` (a string to YAML) is a
     float; strings that are not Python literals (`bilinear`, `1.0/255.0`) stay strings."""
@@ -31,10 +108,11 @@ def _literal(value: Any) -> Any:
     return value
 
 
-def parse_value(text: str) -> Any:
-    """An override value as YAML, then as a Python literal (`64`, `0.1`, `True`, `[1, 2]`, `null`, `./a`)."""
+def parse_value(text: str, where: str = "-o value") -> Any:
+    """An override value as YAML, then as a Python literal (`64`, `0.1`, `True`, `[1, 2]`, `null`, `./a`);
+    text that is not valid YAML stays a string, YAML beyond the bounds of `load_yaml` is a ConfigError."""
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text, where) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     return _literal(value)
@@ -60,14 +138,14 @@ def apply_override(config: Dict[str, Any], option: str) -> None:
             if not -len(node) <= index < len(node):
                 raise ConfigError(f"-o {option!r}: index {index} out of range for {where} (length {len(node)})")
             if last:
-                node[index] = parse_value(text)
+                node[index] = parse_value(text, f"-o {path}")
             else:
                 node = node[index]
         elif isinstance(node, dict):
             if last:
                 if key not in node:
                     logger.info("-o %s: new key %s", option, path)
-                node[key] = parse_value(text)
+                node[key] = parse_value(text, f"-o {path}")
             else:
                 if node.get(key) is None:
                     node[key] = {}
@@ -83,10 +161,9 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            config = yaml.safe_load(f)
+        config = read_yaml_file(path)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (Global, Arch, ...)")
     config = _literal(config)

@@ -184,6 +184,7 @@ def create_model(
     class_num: int = 1000,
     pretrained: Union[bool, str, os.PathLike, WeightsFile] = False,
     *,
+    pretrained_sha256: Optional[str] = None,
     features_only: bool = False,
     out_strides: Sequence[int] = (4, 8, 16, 32),
     data_format: str = "NCHW",
@@ -198,6 +199,8 @@ def create_model(
         (`weights.read_weights_file`). The file is read first: the numerics its weights were trained with
         (padding, bn_epsilon) become build options unless given (`with_source_numerics`). A classifier of
         another class count is skipped (and logged); any other mismatch is an error.
+    pretrained_sha256: the SHA-256 the weights file must have (config: Arch.pretrained_sha256); a download
+        is always pinned to the digest of its first download (`weights.download`).
     features_only: return a `FeatureExtractor` giving the stage outputs at `out_strides` instead.
     data_format: "NCHW", or "NHWC" to compute channels-last (inputs stay NCHW; see
         `ImageClassifier.data_format`).
@@ -223,7 +226,7 @@ def create_model(
         options["dropout"] = float(stage_dropout[0])
     unknown = sorted(set(options) - family.options)
     if unknown:
-        raise TypeError(f"{name} got unexpected option(s) {unknown}; accepted: class_num, pretrained, "
+        raise TypeError(f"{name} got unexpected option(s) {unknown}; accepted: class_num, pretrained, pretrained_sha256, "
                         f"features_only, out_strides, data_format, {', '.join(sorted(family.options))}, "
                         f"{', '.join(BACKBONE_OPTIONS)}")
     if not isinstance(class_num, int) or isinstance(class_num, bool) or class_num < 0:
@@ -231,7 +234,7 @@ def create_model(
     options.setdefault("dropout", config.dropout)
     if "drop_path_rate" in family.options:
         options.setdefault("drop_path_rate", config.drop_path_rate)
-    weights = _read_pretrained(config, pretrained)
+    weights = _read_pretrained(config, pretrained, pretrained_sha256)
     if source_numerics is None and weights is not None and weights.numerics is not None:
         source_numerics = SourceNumerics(weights.numerics, weights.label)
     if source_numerics is not None and {"padding", "bn_epsilon"} <= family.options:
@@ -247,7 +250,8 @@ def create_model(
     return FeatureExtractor(model, out_strides) if features_only else model
 
 
-def _read_pretrained(config: ModelConfig, pretrained: Union[bool, str, os.PathLike, WeightsFile]) -> Optional[WeightsFile]:
+def _read_pretrained(config: ModelConfig, pretrained: Union[bool, str, os.PathLike, WeightsFile],
+                     sha256: Optional[str] = None) -> Optional[WeightsFile]:
     """The weights `create_model(pretrained=...)` asks for, read (None for none)."""
     if isinstance(pretrained, WeightsFile):
         return pretrained
@@ -257,7 +261,7 @@ def _read_pretrained(config: ModelConfig, pretrained: Union[bool, str, os.PathLi
         if config.weights_url is None:
             raise ValueError(f"{config.name} has no official pretrained weights; pass pretrained=<path or URL of a .pdparams>")
         pretrained = config.weights_url
-    return read_weights_file(pretrained)
+    return read_weights_file(pretrained, sha256=sha256)
 
 
 _PADDING_TYPES = {"SAME": "same", "DYNAMIC": "symmetric"}

@@ -11,20 +11,22 @@ error.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
-import shutil
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
+from .config import ConfigError
 from .convert import (NUMERICS_KEY, ForeignCheckpoint, LayoutError, Numerics, TorchFileError, file_format,
                       numerics_entry, read_foreign_checkpoint, recorded_numerics)
 from .models import ImageClassifier
@@ -65,30 +67,155 @@ def file_sha256(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, directory: Optional[PathLike] = None, sha256: Optional[str] = None, timeout: float = 60.0) -> Path:
-    """Fetch `url` into `directory` (default `cache_dir()`) unless a file of that name is already there,
-    and return its path. The file appears only once complete: the size announced by the server and, when
-    given, the SHA-256 must match."""
-    directory = Path(directory) if directory is not None else cache_dir()
+#: set to 1 to allow weights from plain-http URLs (a file fetched over http can be replaced on the way)
+ALLOW_HTTP_ENV = "PPCLS_EXT_ALLOW_HTTP"
+PIN_SUFFIX = ".sha256"
+#: torch.hub's convention, used by torchvision's weights on download.pytorch.org: `<name>-<first hex digits
+#: of the file's SHA-256>.<ext>`; torch.hub checks that prefix (check_hash), and so do we for those hosts
+_HUB_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
+HASH_IN_NAME_HOSTS = ("download.pytorch.org",)
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """An expected SHA-256, or its leading hex digits as a file name publishes them, and where it comes from
+    ("given", "published in its file name")."""
+
+    digest: str
+    origin: str
+
+    def matches(self, actual: str) -> bool:
+        return actual.startswith(self.digest)
+
+
+def sha256_argument(value: Optional[str], what: str = "sha256") -> Optional[str]:
+    """A user-given SHA-256 as 64 lower-case hex digits (a ValueError naming `what` otherwise). A digest of
+    decimal digits only reaches us from YAML or `-o` as an int: its zeros are restored."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10 ** 64:
+        value = f"{value:064d}"
+    text = str(value).strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise ValueError(f"{what} must be a SHA-256 (64 hex digits; quote it in YAML), got {value!r}")
+    return text
+
+
+def sha256_value(value: Any, where: str) -> Any:
+    """A config check (see `config.ValueCheck`): a SHA-256 of 64 hex digits, or null."""
+    try:
+        sha256_argument(value, where)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return value
+
+
+def published_checksum(url: str) -> Optional[Checksum]:
+    """The checksum a URL publishes itself: torch.hub-style names on the hosts that use them."""
+    parts = urllib.parse.urlparse(url)
+    match = _HUB_NAME.search(parts.path)
+    if parts.hostname in HASH_IN_NAME_HOSTS and match:
+        return Checksum(match.group(1), "published in its file name")
+    return None
+
+
+def cache_entry(url: str, directory: Optional[PathLike] = None) -> Path:
+    """The cache file of `url`: `<cache>/<first 16 hex digits of the SHA-256 of the whole URL>/<file name>`,
+    so that two URLs with one file name never share an entry; its digest is pinned beside it."""
     name = os.path.basename(urllib.parse.urlparse(url).path)
-    if not name:
+    if not name or name in (".", ".."):
         raise WeightsDownloadError(f"cannot tell a file name from URL {url!r}")
-    target = directory / name
-    if target.exists() and (sha256 is None or file_sha256(target) == sha256):
-        return target
-    directory.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return (Path(directory) if directory is not None else cache_dir()) / key / name
+
+
+def pin_path(entry: Path) -> Path:
+    return entry.with_name(entry.name + PIN_SUFFIX)
+
+
+def _pinned(entry: Path) -> Optional[str]:
+    """The digest recorded when `entry` was downloaded (sha256sum's format), None if absent or unreadable."""
+    try:
+        text = pin_path(entry).read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text[0] if text and re.fullmatch(r"[0-9a-f]{64}", text[0]) else None
+
+
+def forget(entry: Path) -> None:
+    """Delete a cache entry and its pin."""
+    for path in (entry, pin_path(entry)):
+        path.unlink(missing_ok=True)
+
+
+def _check_scheme(url: str, allow_http: bool) -> None:
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme != "https" and not (scheme == "http" and allow_http):
+        raise WeightsDownloadError(f"refusing to download {url}: weights are fetched over https only (over {scheme or 'it'}, "
+                                   f"a file can be replaced on the way); use https, or set {ALLOW_HTTP_ENV}=1 to allow http")
+
+
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but not from https to anything else unless http is allowed."""
+
+    def __init__(self, allow_http: bool):
+        super().__init__()
+        self.allow_http = allow_http
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 (urllib's signature)
+        _check_scheme(newurl, self.allow_http)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch(url: str, target: Path, expected: Optional[Checksum], timeout: float, allow_http: bool) -> str:
+    """Download `url` to `target` whole or not at all; its SHA-256, checked against `expected`."""
+    digest = hashlib.sha256()
+    opener = urllib.request.build_opener(_NoDowngrade(allow_http))
+    with replaced_atomically(target) as partial:
+        with opener.open(url, timeout=timeout) as response, open(partial, "wb") as out:
+            announced = response.headers.get("Content-Length")
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        received = os.path.getsize(partial)
+        if announced is not None and received != int(announced):
+            raise WeightsDownloadError(f"download of {url} is incomplete: {received} of {announced} bytes")
+        if expected is not None and not expected.matches(digest.hexdigest()):
+            raise WeightsDownloadError(f"download of {url} does not match its SHA-256 ({expected.origin}: "
+                                       f"{expected.digest}, got {digest.hexdigest()}); nothing was kept")
+    return digest.hexdigest()
+
+
+def download(url: str, directory: Optional[PathLike] = None, sha256: Optional[str] = None, timeout: float = 60.0,
+             allow_http: Optional[bool] = None) -> Path:
+    """The cached file of `url` (`cache_entry`), downloaded when absent. Verified against `sha256` when given,
+    else against a checksum the URL publishes (`published_checksum`), and always against the digest
+    pinned at its first download; an entry that fails is deleted and fetched again, never served. Only
+    https unless `allow_http` (default: ${ALLOW_HTTP_ENV}=1)."""
+    allow_http = os.environ.get(ALLOW_HTTP_ENV) == "1" if allow_http is None else allow_http
+    _check_scheme(url, allow_http)
+    try:
+        given = sha256_argument(sha256)
+    except ValueError as error:
+        raise WeightsDownloadError(str(error)) from None
+    expected = Checksum(given, "given") if given else published_checksum(url)
+    target = cache_entry(url, directory)
+    if target.exists():
+        actual, pinned = file_sha256(target), _pinned(target)
+        if actual == pinned and (expected is None or expected.matches(actual)):
+            return target
+        why = ("has no record of a complete download" if pinned is None else "changed since it was downloaded"
+               if actual != pinned else f"does not match the SHA-256 ({expected.origin}) {expected.digest}")
+        logger.warning("cached weights %s %s: deleted, downloading %s again", target, why, url)
+        forget(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("downloading %s to %s", url, target)
     try:
-        with replaced_atomically(target) as partial:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
-                announced = response.headers.get("Content-Length")
-                shutil.copyfileobj(response, out, 1 << 20)
-            received = os.path.getsize(partial)
-            if announced is not None and received != int(announced):
-                raise WeightsDownloadError(f"download of {url} is incomplete: {received} of {announced} bytes")
-            if sha256 is not None and file_sha256(partial) != sha256:
-                raise WeightsDownloadError(f"download of {url} does not match its SHA-256 {sha256}")
-    except (urllib.error.URLError, OSError) as error:
+        digest = _fetch(url, target, expected, timeout, allow_http)
+        with replaced_atomically(pin_path(target)) as partial:
+            Path(partial).write_text(f"{digest}  {target.name}\n", encoding="ascii")
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        forget(target)
         if isinstance(error, WeightsDownloadError):
             raise
         raise WeightsDownloadError(f"could not download weights from {url}: {error}") from error
@@ -161,18 +288,29 @@ def _read_file(path: Path, origin: Optional[str]) -> WeightsFile:
     return WeightsFile(path, foreign.numerics, foreign=foreign)
 
 
-def read_weights_file(source: PathLike, sha256: Optional[str] = None, origin: Optional[str] = None) -> WeightsFile:
-    """Read a weights file from a local path or a URL (cached; a download that is not a weights file is
-    deleted again so that the next attempt fetches it afresh): a `.pdparams`, or for EfficientNets a
-    PyTorch / `.safetensors` checkpoint of efficientnet_pytorch, timm or torchvision. `origin`: the source
-    model's name where a PyTorch layout needs it (timm's `tf_` ports)."""
+def read_weights_file(source: PathLike, sha256: Optional[str] = None, origin: Optional[str] = None,
+                      allow_http: Optional[bool] = None) -> WeightsFile:
+    """Read a weights file from a local path or a URL (cached and verified, see `download`; a download that
+    is not a weights file is deleted again so that the next attempt fetches it afresh): a `.pdparams`, or
+    for EfficientNets a PyTorch / `.safetensors` checkpoint of efficientnet_pytorch, timm or torchvision.
+    `sha256`: the file's expected SHA-256, checked for local files too. `origin`: the source model's name
+    where a PyTorch layout needs it (timm's `tf_` ports)."""
+    try:
+        sha256 = sha256_argument(sha256)
+    except ValueError as error:
+        raise IncompatibleWeightsError(str(error)) from None
     if not is_url(source):
-        return _read_file(resolve_path(source), origin)
-    path = download(str(source), sha256=sha256)
+        path = resolve_path(source)
+        if sha256 is not None:
+            expected, actual = sha256, file_sha256(path)
+            if actual != expected:
+                raise IncompatibleWeightsError(f"{path}: its SHA-256 is {actual}, not the expected {expected}")
+        return _read_file(path, origin)
+    path = download(str(source), sha256=sha256, allow_http=allow_http)
     try:
         return _read_file(path, origin)
     except IncompatibleWeightsError:
-        path.unlink(missing_ok=True)
+        forget(path)
         raise
 
 
@@ -201,13 +339,25 @@ def check_numerics(model: nn.Layer, numerics: Optional[Numerics], label: str) ->
         f"(config: Arch.padding, Arch.bn_epsilon)")
 
 
+#: tensor types one another's values convert to without changing what a model computes (beyond rounding)
+FLOAT_TYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+def _dtype_name(value: object) -> str:
+    """'float32' for a numpy array or a Paddle tensor of that type (Paddle: `paddle.float32`), else the
+    value's type name."""
+    dtype = getattr(value, "dtype", None)
+    return str(dtype).replace("paddle.", "") if dtype is not None else type(value).__name__
+
+
 def _shape(value: object) -> tuple:
     return tuple(int(d) for d in getattr(value, "shape", ()))
 
 
 def _listing(keys: List[str], limit: int = 5) -> str:
+    """The first `limit` keys for a message, each cut to 100 characters (a file may hold any names)."""
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
+    return ", ".join(k if len(k) <= 100 else k[:97] + "..." for k in keys[:limit]) + more
 
 
 def _fit(model: ImageClassifier, state_dict: Mapping[str, object], source: str, numerics: Optional[Numerics],
@@ -219,11 +369,20 @@ def _fit(model: ImageClassifier, state_dict: Mapping[str, object], source: str, 
     unexpected = [k for k in state if k not in expected]
     mismatched = [k for k in expected if k in state and _shape(state[k]) != _shape(expected[k])]
     skipped = [k for k in missing + unexpected + mismatched if k.startswith(model.classifier_prefixes)]
+    # the dtypes the tensors have (an AMP-O2-decorated model's state_dict() shows float32 copies of float16 ones)
+    own = {name: tensor for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers())}
+    target = {k: own.get(k, expected[k]) for k in expected}
+    fitting = [k for k in expected if k in state and k not in mismatched and k not in skipped]
+    retype = [k for k in fitting if _dtype_name(state[k]) != _dtype_name(target[k])]
+    wrong_type = [k for k in retype if not {_dtype_name(state[k]), _dtype_name(target[k])} <= FLOAT_TYPES]
     problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched),
+                        ("wrong type", wrong_type)):
         keys = [k for k in keys if k not in skipped]
         if label == "wrong shape":
             keys = [f"{k} {_shape(state[k])} vs {_shape(expected[k])}" for k in keys]
+        elif label == "wrong type":
+            keys = [f"{k} {_dtype_name(state[k])} vs {_dtype_name(target[k])}" for k in keys]
         if keys:
             problems.append(f"{label} {len(keys)}: {_listing(keys)}")
     if problems:
@@ -237,6 +396,12 @@ def _fit(model: ImageClassifier, state_dict: Mapping[str, object], source: str, 
     if skipped:
         logger.warning("%s: classifier does not match the model's class_num; left as initialised: %s", source, _listing(skipped))
     loaded = {k: v for k, v in state.items() if k in expected and k not in skipped}
+    if retype:  # floating point of another width (a float16 or float64 save): Paddle would assert
+        logger.info("%s: %d tensors cast from %s to the model's %s", source, len(retype), _dtype_name(state[retype[0]]),
+                    _dtype_name(target[retype[0]]))
+        for k in retype:
+            value = loaded[k] if isinstance(loaded[k], paddle.Tensor) else paddle.to_tensor(loaded[k])
+            loaded[k] = value.astype(target[k].dtype)
     model.set_state_dict({**expected, **loaded})  # complete, so that Paddle does not warn about the skipped keys
     return skipped
 
@@ -314,10 +479,12 @@ def checkpoint_numerics(prefix: str) -> Optional[SourceNumerics]:
     return SourceNumerics(numerics, f"checkpoint {prefix}", binding=True)
 
 
-def read_starting_weights(pretrained: Optional[PathLike], resume: Optional[PathLike] = None) -> StartingWeights:
-    """`Global.pretrained_model` read, and the numerics a run builds its model with: those of the checkpoint
-    it resumes (`Global.checkpoints`), else those of the pretrained weights."""
-    weights = read_weights_file(pretrained) if pretrained else None
+def read_starting_weights(pretrained: Optional[PathLike], resume: Optional[PathLike] = None,
+                          sha256: Optional[str] = None) -> StartingWeights:
+    """`Global.pretrained_model` read (checked against `sha256`, `Global.pretrained_model_sha256`, when
+    given), and the numerics a run builds its model with: those of the checkpoint it resumes
+    (`Global.checkpoints`), else those of the pretrained weights."""
+    weights = read_weights_file(pretrained, sha256=sha256) if pretrained else None
     numerics = checkpoint_numerics(str(resume)) if resume else None
     if numerics is None and weights is not None and weights.numerics is not None:
         numerics = SourceNumerics(weights.numerics, weights.label)

@@ -1,8 +1,6 @@
 """Loading weights: local files in our layout or PaddleClas's, URLs served from this machine (cached,
 checked), fine-tuning to another class count, and the errors for everything that does not fit."""
 import dataclasses
-import http.server
-import threading
 
 import numpy as np
 import paddle
@@ -11,6 +9,7 @@ import pytest
 import ppcls_ext
 from ppcls_ext import registry
 from ppcls_ext.paddleclas_plugin import paddleclas_original
+from local_server import LocalServer
 from ppcls_ext.weights import IncompatibleWeightsError, WeightsDownloadError, download, load_pretrained, randomize_
 
 
@@ -75,40 +74,14 @@ def test_missing_and_unreadable_files_are_named(tmp_path):
         ppcls_ext.create_model("MicroNet_M0", pretrained=str(tmp_path / "list.pdparams"))
 
 
-class _Server:
-    """A loopback HTTP server serving {path: (status, body, announced length)}; counts requests."""
-
-    def __init__(self, files):
-        self.files, self.requests = files, []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                status, body, length = server.files.get(self.path, (404, b"not found", None))
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body) if length is None else length))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server(m0_reference, tmp_path):
+def server(m0_reference, tmp_path, monkeypatch):
+    """The loopback server, over http: allowed by PPCLS_EXT_ALLOW_HTTP (https is tested in test_downloads)."""
+    monkeypatch.setenv("PPCLS_EXT_ALLOW_HTTP", "1")
     theirs, _, _ = m0_reference
     paddle.save(theirs.state_dict(), str(tmp_path / "served.pdparams"))
     body = (tmp_path / "served.pdparams").read_bytes()
-    srv = _Server({
+    srv = LocalServer({
         "/MicroNet_M0_pretrained.pdparams": (200, body, None),
         "/garbage.pdparams": (200, b"<html>proxy error</html>", None),
         "/truncated.pdparams": (200, body[:1000], len(body)),
@@ -125,7 +98,9 @@ def test_url_is_downloaded_once_into_the_cache(server, m0_reference, tmp_path, m
         model = ppcls_ext.create_model("MicroNet_M0", pretrained=url)
         np.testing.assert_allclose(logits(model, x), expected, atol=1e-5)
     assert server.requests == ["/MicroNet_M0_pretrained.pdparams"]
-    assert [p.name for p in (tmp_path / "home" / "weights").iterdir()] == ["MicroNet_M0_pretrained.pdparams"]
+    entries = list((tmp_path / "home" / "weights").iterdir())  # one folder per URL: the file and its pinned digest
+    assert len(entries) == 1 and sorted(p.name for p in entries[0].iterdir()) == [
+        "MicroNet_M0_pretrained.pdparams", "MicroNet_M0_pretrained.pdparams.sha256"]
 
 
 def test_pretrained_true_fetches_the_registered_url(server, m0_reference, tmp_path, monkeypatch):
@@ -146,7 +121,7 @@ def test_failed_downloads_are_clear_and_leave_nothing_in_the_cache(server, tmp_p
         ppcls_ext.create_model("MicroNet_M0", pretrained=server.url + "/truncated.pdparams")
     with pytest.raises(IncompatibleWeightsError, match=r"garbage\.pdparams is not a readable Paddle state dict"):
         ppcls_ext.create_model("MicroNet_M0", pretrained=server.url + "/garbage.pdparams")
-    assert list(cache.iterdir()) == []
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
     with pytest.raises(WeightsDownloadError, match="does not match its SHA-256"):
         download(server.url + "/MicroNet_M0_pretrained.pdparams", directory=cache, sha256="0" * 64)
-    assert list(cache.iterdir()) == []
+    assert [p for p in cache.rglob("*") if p.is_file()] == []

@@ -12,7 +12,7 @@ import paddle
 
 from ..output_paths import replaced_atomically
 from ..registry import UnknownModelError, create_model
-from ..weights import IncompatibleWeightsError, model_numerics, numerics_record, read_weights_file
+from ..weights import IncompatibleWeightsError, WeightsDownloadError, model_numerics, numerics_record, read_weights_file
 
 
 def _save_atomically(state: dict, path: str) -> None:
@@ -21,11 +21,12 @@ def _save_atomically(state: dict, path: str) -> None:
         paddle.save(state, temporary)
 
 
-def convert(source: str, model_name: str, output: str, origin: Optional[str] = None, class_num: int = 1000) -> str:
+def convert(source: str, model_name: str, output: str, origin: Optional[str] = None, class_num: int = 1000,
+            sha256: Optional[str] = None) -> str:
     """Load `source` into `model_name` (built with the numerics its weights were trained with), save it as
     `output`, recording those numerics (`NUMERICS_KEY`) so that `create_model(model_name, pretrained=output)`
     builds the model alike, and check that the saved file gives the same logits. Returns a summary line."""
-    weights = read_weights_file(source, origin=origin)
+    weights = read_weights_file(source, sha256=sha256, origin=origin)
     model = create_model(model_name, class_num=class_num, pretrained=weights)
     _save_atomically({**model.state_dict(), **numerics_record(model, os.path.basename(source))}, output)
     model.eval()
@@ -49,10 +50,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-o", "--output", required=True, help="the .pdparams to write")
     parser.add_argument("--origin", help="source model name where the layout needs it, e.g. timm's tf_efficientnet_b0")
     parser.add_argument("--class-num", type=int, default=1000, help="classes of the model (another count skips the head)")
+    parser.add_argument("--sha256", help="the SHA-256 the source file must have (a download is refused otherwise)")
     args = parser.parse_args(argv)
     try:
-        print(convert(args.source, args.model, args.output, args.origin, args.class_num))
-    except (IncompatibleWeightsError, FileNotFoundError, UnknownModelError, ValueError) as error:
+        print(convert(args.source, args.model, args.output, args.origin, args.class_num, args.sha256))
+    except (IncompatibleWeightsError, WeightsDownloadError, FileNotFoundError, UnknownModelError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

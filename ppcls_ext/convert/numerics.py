@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
 from ..models.layers import PADDING_MODES
+from ..safe_pickle import describe
 
 #: entry of a `.pdparams` (and of a checkpoint's `.pdstates`) that records the numerics; not a tensor
 NUMERICS_KEY = "SourceNumerics@@"
@@ -47,9 +48,9 @@ def numerics_from_entry(entry: object, source: str) -> Numerics:
     try:
         numerics = Numerics(str(entry["padding"]), float(entry["bn_epsilon"]))  # type: ignore[index]
     except (TypeError, KeyError, ValueError) as error:
-        raise ValueError(f"{source}: malformed {NUMERICS_KEY} entry {entry!r}") from error
+        raise ValueError(f"{source}: malformed {NUMERICS_KEY} entry {describe(entry)}") from error
     if numerics.padding not in PADDING_MODES or not (math.isfinite(numerics.bn_epsilon) and numerics.bn_epsilon > 0):
-        raise ValueError(f"{source}: malformed {NUMERICS_KEY} entry {entry!r} (padding one of {PADDING_MODES}, "
+        raise ValueError(f"{source}: malformed {NUMERICS_KEY} entry {describe(entry)} (padding one of {PADDING_MODES}, "
                          "bn_epsilon a positive number)")
     return numerics
 

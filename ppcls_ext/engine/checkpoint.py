@@ -78,7 +78,12 @@ def _finish_save(directory: str, name: str) -> None:
     states_path = _member_path(committed, name, "pdstates")
     if not os.path.exists(states_path):
         states_path = _member_path(directory, name, "pdstates")
-    members = read_checkpoint_file(states_path)[MANIFEST]["files"]
+    states = read_checkpoint_file(states_path)
+    manifest = states.get(MANIFEST) if isinstance(states, Mapping) else None
+    members = manifest.get("files") if isinstance(manifest, Mapping) else None
+    if not isinstance(members, Mapping):
+        raise ConfigError(f"{states_path} has no manifest of its save: not a checkpoint this program wrote; nothing "
+                          "was moved")
     for member in MEMBERS[:-1]:
         if member not in members and os.path.exists(_member_path(directory, name, member)):
             os.remove(_member_path(directory, name, member))
@@ -125,6 +130,9 @@ def recover_checkpoints(directory: str) -> List[str]:
         return done
     for entry in sorted(os.listdir(directory)):
         path = os.path.join(directory, entry)
+        if entry.startswith(".") and entry.endswith((_COMMITTED, _SAVING)) and os.path.islink(path):
+            raise ConfigError(f"{path} is a symbolic link (to {os.readlink(path)}), not a save this program made: "
+                              "nothing was moved or deleted; remove the link and start again")
         if entry.startswith(".") and entry.endswith(_COMMITTED) and os.path.isdir(path):
             name = entry[1:-len(_COMMITTED)]
             _finish_save(directory, name)
@@ -166,6 +174,9 @@ def load_checkpoint(prefix: str, with_optimizer: bool = True, with_ema: bool = F
     if not isinstance(states, Mapping):
         raise ConfigError(f"Global.checkpoints: {prefix}.pdstates does not hold training states")
     manifest = states.get(MANIFEST)
+    if manifest and not (isinstance(manifest, Mapping) and isinstance(manifest.get("files"), Mapping)):
+        raise ConfigError(f"Global.checkpoints: {prefix}.pdstates has a malformed manifest ({MANIFEST!r}); resume from "
+                          "another checkpoint")
     members = manifest["files"] if manifest else {m: None for m in MEMBERS[:-1] if os.path.isfile(f"{prefix}.{m}")}
     # which file holds what: the EMA weights move to .pdparams when there are any (PaddleClas's layout, format 2)
     roles = {"model": "pdema" if manifest and "pdema" in members else "pdparams",

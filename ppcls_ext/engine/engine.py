@@ -22,7 +22,8 @@ from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
 from ..output_paths import ensure_directory
-from ..weights import SourceNumerics, load_weights, load_weights_file, numerics_record, read_starting_weights
+from ..weights import (SourceNumerics, load_weights, load_weights_file, numerics_record, read_starting_weights,
+                       sha256_value)
 from .amp_support import supported_level
 from .checkpoint import (cast_to_model_dtypes, load_checkpoint, portable_optimizer_state, recover_checkpoints,
                          restore_optimizer_state, save_checkpoint)
@@ -42,7 +43,7 @@ MODES = ("train", "eval", "infer", "export")
 GLOBAL_KEYS = {"checkpoints", "pretrained_model", "output_dir", "device", "seed", "save_interval", "eval_during_train",
                "eval_interval", "epochs", "print_batch_step", "use_visualdl", "image_shape", "save_inference_dir",
                "update_freq", "infer_add_softmax", "train_mode", "progressive", "export_deploy_form",
-               "nonfinite_loss_patience", "export_format"}
+               "nonfinite_loss_patience", "export_format", "pretrained_model_sha256"}
 # PaddleClas keys accepted in upstream configs but without effect here (logged)
 IGNORED_GLOBAL_KEYS = {"to_static": "dygraph training is used", "use_dali": "DALI is not supported; paddle.io is used",
                        "use_multilabel": "multi-label training is not supported", "profiler_options": "no profiler"}
@@ -52,7 +53,8 @@ GLOBAL_VALUES = {"epochs": integer(1), "eval_interval": integer(1), "print_batch
                  "update_freq": integer(1), "save_interval": integer(),  # <= 0: no epoch_N checkpoints, as in PaddleClas
                  "seed": integer(0, 2**31 - 1, optional=True), "image_shape": int_list(3),
                  "eval_during_train": boolean, "use_visualdl": boolean, "infer_add_softmax": boolean,
-                 "export_deploy_form": boolean, "nonfinite_loss_patience": integer(1, optional=True)}
+                 "export_deploy_form": boolean, "nonfinite_loss_patience": integer(1, optional=True),
+                 "pretrained_model_sha256": sha256_value}
 # numeric values of the training sections, by section path (a string would fail mid-run, or inside Paddle)
 TRAINING_VALUES = {"Optimizer": {"momentum": number(0), "weight_decay": number(0, optional=True),
                                  "clip_norm": number(0, optional=True)},
@@ -140,7 +142,8 @@ class Engine:
         _seed_everything(self.glob.get("seed"), self.rank)
         # weights are read before the model is built: their numerics (padding, BN epsilon) are build options
         start = read_starting_weights(self.glob.get("pretrained_model"),
-                                      self.glob.get("checkpoints") if mode == "train" else None)
+                                      self.glob.get("checkpoints") if mode == "train" else None,
+                                      self.glob.get("pretrained_model_sha256"))
         self.model = build_model(arch, start.numerics)
         if arch.get("use_sync_bn") and self.world_size > 1:
             if self.device == "gpu":

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 import yaml
 
-from ..config import ConfigError
+from ..config import ConfigError, read_yaml_file
 from ..data.transforms import build_transforms
 from ..engine.export import deploy_transforms
 from ..engine.postprocess import Topk
@@ -41,9 +41,8 @@ def read_description(model_dir: str) -> Optional[Dict[str, Any]]:
     if not os.path.isfile(path):
         return None
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            description = yaml.safe_load(f)
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        description = read_yaml_file(path)
+    except yaml.YAMLError as error:
         raise ExportError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
     if not isinstance(description, dict) or "PreProcess" not in description:
         raise ConfigError(f"{path} is not an export description (no PreProcess section)")

@@ -16,6 +16,7 @@ import paddle
 import yaml
 from paddle.inference import Config, create_predictor
 
+from ..config import ConfigError, read_yaml_file
 from .options import DeploymentError, InferenceOptions
 from .tensorrt import cache_root, convert_for_tensorrt, legacy_tensorrt_config, shape_range
 from .trt_runtime import named_errors
@@ -39,9 +40,12 @@ def computes_channels_last(model_dir: str) -> bool:
     path = os.path.join(model_dir, "inference.yml")
     if not os.path.isfile(path):
         return False
-    with open(path, "r", encoding="utf-8") as f:
-        description = yaml.safe_load(f) or {}
-    return (description.get("Global") or {}).get("data_format") == "NHWC"
+    try:
+        description = read_yaml_file(path)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
+    glob = description.get("Global") if isinstance(description, dict) else None
+    return isinstance(glob, dict) and glob.get("data_format") == "NHWC"
 
 
 def require_cuda() -> None:
