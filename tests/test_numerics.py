@@ -5,6 +5,7 @@ clipping and gradient accumulation against one large batch."""
 import math
 import os
 import sys
+from unittest import mock
 
 import numpy as np
 import paddle
@@ -15,6 +16,7 @@ import pytest
 from conftest import REPO, quick_config
 from ppcls_ext.config import ConfigError
 from ppcls_ext.engine import Engine
+from ppcls_ext.engine import engine as engine_module
 from ppcls_ext.engine.losses import CELoss
 from ppcls_ext.engine.optim import RMSPROP_TF_CHECKED_PADDLE, RMSPropTF, build_lr_schedule, build_optimizer
 
@@ -332,10 +334,13 @@ def train_without_batch_norm(digits, output, batch_size, update_freq):
     config = quick_config(digits, output, "Global.epochs=1", "Global.eval_during_train=False", f"Global.update_freq={update_freq}",
                           f"DataLoader.Train.sampler.batch_size={batch_size}", "DataLoader.Train.sampler.shuffle=False")
     config["DataLoader"]["Train"]["dataset"]["transform_ops"] = config["DataLoader"]["Eval"]["dataset"]["transform_ops"]
-    engine = Engine(config, "train")
-    paddle.seed(7)
-    engine.model = engine.net = NoBatchNorm()
-    engine.optimizer = build_optimizer(config["Optimizer"], engine.model, engine.schedule)
+
+    def seeded_model(arch, source_numerics=None):
+        paddle.seed(7)
+        return NoBatchNorm()
+
+    with mock.patch.object(engine_module, "build_model", seeded_model):  # the engine trains this model instead
+        engine = Engine(config, "train")
     engine.train()
     return engine
 
