@@ -170,6 +170,11 @@ SCHEDULES = {
     "Exponential-staircase": ({"name": "Exponential", "learning_rate": 0.016, "gamma": 0.97, "decay_epochs": 2.4,
                                "warmup_epoch": 1},  # TF EfficientNet: 0.97 every 2.4 epochs, staircase, warmup
                               closed_form(lambda s: 0.016 * 0.97 ** math.floor(s / 12.0), 5, 0.0, 0.016), None),
+    "MultiStepDecay": ({"name": "MultiStepDecay", "learning_rate": 0.2, "milestones": [1, 3], "gamma": 0.1,
+                        "warmup_epoch": 1},
+                       closed_form(lambda s: 0.2 * 0.1 ** (int(s >= 5) + int(s >= 15)), 5, 0.0, 0.2),
+                       lambda: paddle.optimizer.lr.LinearWarmup(paddle.optimizer.lr.MultiStepDecay(0.2, [5, 15], gamma=0.1),
+                                                                warmup_steps=5, start_lr=0.0, end_lr=0.2)),
     "Constant": ({"name": "Constant", "learning_rate": 0.05, "warmup_epoch": 2, "warmup_start_lr": 0.01},
                  closed_form(lambda s: 0.05, 10, 0.01, 0.05),
                  lambda: paddle.optimizer.lr.LinearWarmup(0.05, warmup_steps=10, start_lr=0.01, end_lr=0.05)),
@@ -193,7 +198,7 @@ def test_epochwise_schedule_holds_each_epoch():
 
 
 @pytest.mark.skipif(not os.path.isdir(UPSTREAM), reason=f"needs PaddleClas's source at {UPSTREAM} (../shared/upstream/PaddleClas)")
-@pytest.mark.parametrize("name", ["Cosine", "Piecewise", "Step", "Constant"])
+@pytest.mark.parametrize("name", ["Cosine", "Piecewise", "Step", "Constant", "MultiStepDecay"])
 def test_schedule_matches_paddleclas(name):
     """PaddleClas's own classes for the same `Optimizer.lr` section (ppcls/optimizer/learning_rate.py).
     Its `Constant` is a bare scheduler that ignores warmup keys; our Constant warms up like its `ConstLR`."""

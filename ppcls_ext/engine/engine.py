@@ -14,29 +14,26 @@ import paddle
 import paddle.distributed as dist
 
 from .. import cpu_env
-from ..config import check_values, integer, section
+from ..config import section
 from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..output_paths import ensure_directory
-from ..weights import load_weights_file, read_starting_weights
 from . import wiring
 from .amp import AmpPolicy
 from .ema import ModelEMA
 from .evaluator import Evaluator
 from .log import ScalarWriter, init_logger, logger
+from .front import build_front
 from .losses import build_loss
-from .metrics import build_metric
 from .nonfinite import LossWatch, NonFiniteError, describe_nonfinite_weights
 from .optim import build_lr_schedule, build_optimizer
 from .progressive import KNOBS, apply_stage, build_schedule
 from .run_checkpoints import RunCheckpoints
 from .serving import classify_images, export_model, infer_transforms
 from .state import TrainingState
-from .task import ClassificationTask
 from .trainer import Trainer
 from .wiring import MODES, build_model
 
 __all__ = ["Engine", "build_model", "MODES"]
-_RANDOM_WEIGHTS_VERB = {"eval": "evaluating", "infer": "classifying with", "export": "exporting"}
 
 
 class Engine:
@@ -52,10 +49,7 @@ class Engine:
         self.config, self.mode = config, mode
         self.glob: Dict[str, Any] = dict(config.get("Global") or {})
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        arch = section(config, "Arch")
-        self.model_name = section(arch, "name")
-        check_values(arch, {"class_num": integer(1)}, "Arch")
-        self.class_num = int(arch.get("class_num", 1000))
+        self.model_name = section(config, "Arch.name")
         self.output_dir = os.path.join(self.glob.get("output_dir", "./output"), self.model_name)
         ensure_directory(self.output_dir, "Global.output_dir")
         init_logger(os.path.join(self.output_dir, f"{mode}.log"), self.rank)
@@ -67,7 +61,8 @@ class Engine:
         if self.world_size > 1 and mode in ("train", "eval"):
             dist.init_parallel_env()
         wiring.seed_everything(self.glob.get("seed"), self.rank)
-        self.model = self._build_model(arch)
+        self.front = build_front(config, mode, self.world_size, self.device)
+        self.model, self.class_num = self.front.model, self.front.class_num
         self.print_step = max(1, int(self.glob.get("print_batch_step", 10)))
         self.seeder = WorkerSeeder(self.glob.get("seed"), self.rank)
         self.amp = AmpPolicy()
@@ -85,24 +80,6 @@ class Engine:
 
     # --- set-up -------------------------------------------------------------------------------------
 
-    def _build_model(self, arch: Dict[str, Any]) -> paddle.nn.Layer:
-        """The `Arch` model with its starting weights; weights are read before the model is built: their
-        numerics (padding, BN epsilon) are build options."""
-        start = read_starting_weights(self.glob.get("pretrained_model"),
-                                      self.glob.get("checkpoints") if self.mode == "train" else None)
-        model = build_model(arch, start.numerics)
-        if arch.get("use_sync_bn") and self.world_size > 1:
-            if self.device == "gpu":
-                model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            else:
-                logger.warning("Arch.use_sync_bn needs GPUs; ignored on CPU")
-        if start.pretrained is not None:  # only training may replace a classifier of another class count
-            load_weights_file(model, start.pretrained, allow_classifier_mismatch=self.mode == "train")
-        elif self.mode != "train" and not arch.get("pretrained"):
-            logger.warning("Global.pretrained_model is not set: %s a randomly initialised model (its outputs mean "
-                           "nothing); give -o Global.pretrained_model=PATH", _RANDOM_WEIGHTS_VERB[self.mode])
-        return model
-
     def _eval_parts(self) -> Optional[tuple]:
         """(loader, per-sample loss, metric) of DataLoader.Eval, or None when nothing is evaluated."""
         if self.mode == "train" and not self.glob.get("eval_during_train", True):
@@ -112,20 +89,22 @@ class Engine:
         loader = build_dataloader(self.config, "Eval", self.class_num, indexed=True)
         loss = build_loss(section(self.config, "Loss.Eval", required=False) or [{"CELoss": {"weight": 1.0}}],
                           "Loss.Eval", reduction="none")
-        return loader, loss, build_metric(section(self.config, "Metric.Eval", required=False), "Metric.Eval")
+        return loader, loss, self.front.metric(section(self.config, "Metric.Eval", required=False), "Metric.Eval")
 
     def _setup_train(self) -> None:
         self.epochs = int(self.glob.get("epochs", 1))
         self.update_freq = max(1, int(self.glob.get("update_freq", 1)))
-        self.train_loader = build_dataloader(self.config, "Train", self.class_num, seeder=self.seeder)
+        self.train_loader = build_dataloader(self.config, "Train", self.class_num, seeder=self.seeder,
+                                             unlabeled=self.front.reads_unlabeled)
         self.train_ops, self.batch_ops = train_pipeline(self.train_loader)
-        self.progressive = build_schedule(self.glob, self.model_name, self.train_ops, self.epochs, self.model)
+        self.progressive = build_schedule(self.glob, self.front.served_name, self.train_ops, self.epochs,
+                                          self.front.served)
         if self.progressive is not None:  # fail at start-up, not in a later stage, if an operator is missing
-            apply_stage(self.progressive.at(self.epochs), self.train_ops, self.batch_ops, self.model)
+            apply_stage(self.progressive.at(self.epochs), self.train_ops, self.batch_ops, self.front.served)
         self.iters_per_epoch = len(self.train_loader)
         self.steps_per_epoch = -(-self.iters_per_epoch // self.update_freq)
-        self.train_loss = build_loss(section(self.config, "Loss.Train"), "Loss.Train")
-        self.train_metric = build_metric(section(self.config, "Metric.Train", required=False), "Metric.Train")
+        self.train_loss = self.front.train_loss()
+        self.train_metric = self.front.train_metric(self.train_loader)
         optimizer_cfg = section(self.config, "Optimizer")
         self.schedule = build_lr_schedule(section(optimizer_cfg, "lr"), self.epochs, self.steps_per_epoch)
         self.optimizer = build_optimizer(optimizer_cfg, self.model, self.schedule)
@@ -135,7 +114,7 @@ class Engine:
         self.model, self.optimizer = self.amp.decorate_for_training(self.model, self.optimizer)
         self.state = TrainingState()
         self.checkpoints = RunCheckpoints(self.output_dir, self.rank, self.world_size, self.model, self.optimizer,
-                                          self.schedule, self.ema, self.amp, self.state)
+                                          self.schedule, self.ema, self.amp, self.state, self.front.checkpoint_record())
         self.checkpoints.recover(self.output_dir)
         if self.glob.get("checkpoints"):
             self.checkpoints.resume(str(self.glob["checkpoints"]))
@@ -143,7 +122,7 @@ class Engine:
 
     def _build_trainer(self) -> None:
         """The training task and loop over the parts `_setup_train` built (after DataParallel wrapping)."""
-        self.task = ClassificationTask(self.model, self.net, self.train_loss, self.train_metric)
+        self.task = self.front.task(self.model, self.net, self.train_loss, self.train_metric)
         self.trainer = Trainer(self.task, self.train_loader, self.optimizer, self.schedule, self.amp, self.ema,
                                self.state, LossWatch(wiring.nonfinite_patience(self.glob, self.amp.level)), self.seeder,
                                seed=self.glob.get("seed"), epochs=self.epochs, update_freq=self.update_freq,
@@ -185,7 +164,7 @@ class Engine:
 
     def _apply_progressive_stage(self, epoch: int, record: Dict[str, Any]) -> None:
         values = self.progressive.at(epoch)
-        apply_stage(values, self.train_ops, self.batch_ops, self.model)
+        apply_stage(values, self.train_ops, self.batch_ops, self.front.served)
         if values.stage != self.state.stage:
             logger.info("[Progressive] %s", values.describe())
             self.state.stage = values.stage
@@ -215,14 +194,14 @@ class Engine:
 
     def _evaluate_and_keep_best(self, epoch: int) -> Dict[str, float]:
         """Evaluate the model (and the EMA), saving `best_model` (`best_model_ema`) when top1 improves."""
-        result = self.evaluate(self.net, epoch)
+        result = self.evaluate(self.front.evaluated(self.net), epoch)
         if result["top1"] > self.state.best:
             self.state.best = result["top1"]
             self.checkpoints.save("best_model", epoch, with_training_state=False)
         logger.info("[Eval][Epoch %d][best metric: %.5f]", epoch, self.state.best)
         self.writer.add({"eval_top1": result["top1"]}, epoch)
         if self.ema is not None:
-            ema_eval = self.evaluate(self.ema.module, epoch, label="Eval(EMA)")
+            ema_eval = self.evaluate(self.front.evaluated(self.ema.module), epoch, label="Eval(EMA)")
             if ema_eval["top1"] > self.state.best_ema:
                 self.state.best_ema = ema_eval["top1"]
                 self.checkpoints.save("best_model_ema", epoch, with_training_state=False, weights=self.ema.state_dict())
@@ -261,4 +240,4 @@ class Engine:
 
     def export(self) -> str:
         """tools/export_model.py: Paddle Inference model + inference.yml into Global.save_inference_dir."""
-        return export_model(self.model, self.model_name, self.config, self.class_num)
+        return export_model(self.model, self.front.served_name, self.config, self.class_num)

@@ -9,7 +9,7 @@ from typing import Any, Dict, Mapping, Optional
 import paddle
 import paddle.distributed as dist
 
-from ..weights import load_weights, numerics_record
+from ..weights import IncompatibleWeightsError, load_weights, numerics_record
 from . import checkpoint
 from .amp import AmpPolicy
 from .ema import ModelEMA
@@ -58,11 +58,20 @@ class RunCheckpoints:
         )
         logger.info("saved %s to %s", prefix, path)
 
+    def _check_record(self, prefix: str, states: Mapping[str, Any]) -> None:
+        """A checkpoint resumes only into the same arrangement of models (see the task's record)."""
+        for key, wanted in self.record.items():
+            if states.get(key) != wanted:
+                saved = states.get(key)
+                raise IncompatibleWeightsError(f"{prefix}.pdstates: saved by a run with {key} "
+                                               f"{saved if saved is not None else 'absent'}, this config has {wanted}")
+
     def resume(self, prefix: str) -> None:
         """Continue from checkpoint `prefix`: weights (cast to the model's dtypes, float16 under AMP O2),
         optimizer, schedule, EMA, loss scaler and counters, all from one save or a one-line error."""
         self.recover(os.path.dirname(os.path.abspath(prefix)))
         saved = checkpoint.load_checkpoint(prefix, with_ema=self.ema is not None)
+        self._check_record(prefix, saved["states"])
         load_weights(self.model, checkpoint.cast_to_model_dtypes(saved["model"], self.model), source=prefix + ".pdparams")
         self.optimizer.set_state_dict(checkpoint.restore_optimizer_state(saved["optimizer"], self.model))
         states = saved["states"]

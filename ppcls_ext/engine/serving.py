@@ -63,6 +63,16 @@ def classify_images(model: paddle.nn.Layer, config: Mapping[str, Any], class_num
     return results
 
 
+def default_image_shape(model_name: str) -> List[int]:
+    """[3, S, S] at the zoo model's evaluation size; other models need Global.image_shape."""
+    try:
+        size = registry.get_model_config(model_name).eval_size
+    except registry.UnknownModelError as error:
+        raise ConfigError(f"Global.image_shape: needed to export {model_name}, which is not in ppcls_ext's zoo "
+                          f"(e.g. [3, 224, 224])") from error
+    return [3, size, size]
+
+
 def export_model(model: paddle.nn.Layer, model_name: str, config: Mapping[str, Any], class_num: int) -> str:
     """Paddle Inference model + inference.yml of `model` (registered as `model_name`) into
     Global.save_inference_dir; returns the folder."""
@@ -73,8 +83,7 @@ def export_model(model: paddle.nn.Layer, model_name: str, config: Mapping[str, A
     save_dir = glob.get("save_inference_dir", "./inference")
     post = postprocess(config, class_num)
     names = [post.label_names.get(i, str(i)) for i in range(class_num)] if post.label_names else None
-    defaults = registry.get_model_config(model_name)
-    image_shape = glob.get("image_shape") or [3, defaults.eval_size, defaults.eval_size]
+    image_shape = glob.get("image_shape") or default_image_shape(model_name)
     softmax = bool(glob.get("infer_add_softmax", True))
     description = inference_config(model_name, deploy_transforms(infer_transforms(config)), post.topk, names,
                                    image_shape, softmax)

@@ -48,6 +48,3 @@ class ClassificationTask:
     def train(self) -> None:
         self.net.train()
 
-    def checkpoint_record(self) -> Dict[str, Any]:
-        """What a checkpoint records about the models of this task beyond their weights: nothing here."""
-        return {}
