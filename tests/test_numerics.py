@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, quick_config
 from ppcls_ext.config import ConfigError
 from ppcls_ext.engine import Engine
-from ppcls_ext.engine import engine as engine_module
+from ppcls_ext.engine import front as front_module
 from ppcls_ext.engine.losses import CELoss
 from ppcls_ext.engine.optim import RMSPROP_TF_CHECKED_PADDLE, RMSPropTF, build_lr_schedule, build_optimizer
 
@@ -344,7 +344,7 @@ def train_without_batch_norm(digits, output, batch_size, update_freq):
         paddle.seed(7)
         return NoBatchNorm()
 
-    with mock.patch.object(engine_module, "build_model", seeded_model):  # the engine trains this model instead
+    with mock.patch.object(front_module, "build_model", seeded_model):  # the engine trains this model instead
         engine = Engine(config, "train")
     engine.train()
     return engine

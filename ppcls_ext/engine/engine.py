@@ -1,9 +1,10 @@
 """The engine behind tools/{train,eval,infer,export_model}.py: a PaddleClas-format config in, a
 trained / evaluated / exported model out, on one process or many (`paddle.distributed.launch`).
 
-`Engine` is a facade: it wires the rooms that do the work (`wiring` set-up, the `task` a training step
-calls, the `trainer` loop, the `evaluator`, the `amp` policy, the training `state` and its
-`run_checkpoints`, `serving` for inference and export) and runs an epoch from them."""
+`Engine` is a facade: it wires the rooms that do the work (`wiring` set-up, the `front` that the `Arch`
+section builds - one classifier, or PaddleClas's DistillationModel - with the `task` a training step calls,
+the `trainer` loop, the `evaluator`, the `amp` policy, the training `state` and its `run_checkpoints`,
+`serving` for inference and export) and runs an epoch from them."""
 from __future__ import annotations
 
 import os
@@ -21,8 +22,8 @@ from . import wiring
 from .amp import AmpPolicy
 from .ema import ModelEMA
 from .evaluator import Evaluator
-from .log import ScalarWriter, init_logger, logger
 from .front import build_front
+from .log import ScalarWriter, init_logger, logger
 from .losses import build_loss
 from .nonfinite import LossWatch, NonFiniteError, describe_nonfinite_weights
 from .optim import build_lr_schedule, build_optimizer
@@ -39,9 +40,10 @@ __all__ = ["Engine", "build_model", "MODES"]
 class Engine:
     """Sets up everything a mode needs from the config; `train()`, `eval()`, `infer()`, `export()`.
 
-    Its parts, for tools and tests: `model` (what is trained, saved and exported), `net` (the same, under
-    DataParallel on several processes), `amp`, and in train mode `task`, `trainer`, `state`,
-    `checkpoints`, `optimizer`, `schedule`, `ema`; `evaluator` when there is an eval set."""
+    Its parts, for tools and tests: `front` (what `Arch` built), `model` (what is trained and saved; what is
+    served outside training), `net` (the same, under DataParallel on several processes), `amp`, and in train
+    mode `task`, `trainer`, `state`, `checkpoints`, `optimizer`, `schedule`, `ema`; `evaluator` when there is
+    an eval set."""
 
     def __init__(self, config: Dict[str, Any], mode: str = "train"):
         if mode not in MODES:

@@ -49,18 +49,21 @@ class DistillationFront:
                            "give -o Global.pretrained_model=PATH", RANDOM_WEIGHTS_VERB[mode], self.infer_name)
         if mode != "train":
             self.model, self.frozen = self.models[self.infer_name], {}
-            return
+        else:
+            self._split_trained_and_frozen(arch, world_size, device)
+
+    def _split_trained_and_frozen(self, arch: Mapping[str, Any], world_size: int, device: str) -> None:
+        """`frozen`: the teachers, the same on every rank; `model`: a DistillationModel of the trained ones."""
         self.frozen = {m.name: self.models[m.name] for m in self.members if m.frozen}
         if world_size > 1:
             same_teachers_on_every_rank(self.frozen.values())
         trained = {m.name: self.models[m.name] for m in self.members if not m.frozen}
         if self.infer_name not in trained:
-            raise ConfigError(f"Arch.infer_model_name: {self.infer_name} ({served.where}) is frozen (Arch.freeze_params_list); "
-                              f"the model evaluated, saved and exported is one that is trained")
+            raise ConfigError(f"Arch.infer_model_name: {self.infer_name} is frozen (Arch.freeze_params_list); the model "
+                              f"evaluated, saved and exported is one that is trained")
         self.model = sync_batch_norm(DistillationModel(trained), arch, world_size, device)
         logger.info("[Distillation] trained: %s; frozen: %s; evaluated and exported: %s", ", ".join(trained),
                     ", ".join(self.frozen) or "none", self.infer_name)
-        self.unlabeled = 0
 
     @property
     def served(self) -> nn.Layer:
@@ -96,10 +99,10 @@ class DistillationFront:
     def train_metric(self, loader: Any) -> Optional[Any]:
         """Metric.Train; none when the training set holds unlabelled images (top-k needs labels)."""
         dataset = loader.dataset
-        self.unlabeled = dataset.unlabeled_count() if hasattr(dataset, "unlabeled_count") else 0
-        if self.unlabeled:
+        unlabeled = dataset.unlabeled_count() if hasattr(dataset, "unlabeled_count") else 0
+        if unlabeled:
             logger.info("[Distillation] %d of %d training images are unlabelled (SSLD): the training top-k is not "
-                        "computed; evaluation reports it", self.unlabeled, len(dataset))
+                        "computed; evaluation reports it", unlabeled, len(dataset))
             return None
         return self.metric(section(self.config, "Metric.Train", required=False), "Metric.Train")
 
