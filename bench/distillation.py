@@ -9,8 +9,8 @@ DistillationGTCELoss with the same smoothing + DistillationKLDivLoss at temperat
 Both use the same optimizer, schedule, augmentation, batch size and seeds. Prints a markdown table of the
 final-epoch and best val top-1 per seed, their means and spreads (sample standard deviation).
 
-    python bench/distillation.py                                  # 3 seeds, students 8 epochs, teacher 8
-    python bench/distillation.py --seeds 0 1 2 3 4 --epochs 12 --markdown docs/distillation_table.md
+    python bench/distillation.py                                  # 3 seeds, students 4 epochs, teacher 16
+    python bench/distillation.py --seeds 0 1 2 3 4 --epochs 8 --reuse-teacher --markdown table.md
 """
 import argparse
 import os
@@ -52,11 +52,16 @@ def train(config: str, output: str, options: Sequence[str]) -> Dict[int, float]:
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"training failed ({' '.join(command)}):\n{proc.stderr[-3000:]}")
-    logs = [os.path.join(root, name) for root, _, names in os.walk(output) for name in names if name == "train.log"]
-    scores = {int(m.group(1)): float(m.group(2)) for m in EVAL_LINE.finditer(open(logs[0], encoding="utf-8").read())}
+    scores = logged_scores(output)
     print(f"  {os.path.basename(output)}: {len(scores)} evaluations, last top-1 {scores[max(scores)]:.4f}, "
           f"{time.time() - started:.0f} s", flush=True)
     return scores
+
+
+def logged_scores(output: str) -> Dict[int, float]:
+    """{epoch: val top-1} of the run that wrote its train.log under `output`."""
+    logs = [os.path.join(root, name) for root, _, names in os.walk(output) for name in names if name == "train.log"]
+    return {int(m.group(1)): float(m.group(2)) for m in EVAL_LINE.finditer(open(logs[0], encoding="utf-8").read())}
 
 
 def spread(values: Sequence[float]) -> str:
@@ -68,19 +73,24 @@ def spread(values: Sequence[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=(0, 1, 2))
-    parser.add_argument("--epochs", type=int, default=8, help="student epochs (both methods)")
-    parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=4, help="student epochs (both methods)")
+    parser.add_argument("--teacher-epochs", type=int, default=16)
     parser.add_argument("--data", default="dataset/digits")
     parser.add_argument("--out", default="output/bench_distillation")
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--reuse-teacher", action="store_true", help="take the teacher an earlier run left in --out")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.data, "train_list.txt")):
         make_digits_dataset(args.data)
     args.train_list = os.path.join(args.data, "train_list.txt")
     teacher_dir = os.path.join(args.out, "teacher")
-    print(f"teacher: EfficientNetB0, {args.teacher_epochs} epochs", flush=True)
-    teacher = train(PLAIN, teacher_dir, data_options(args) + TEACHER_RECIPE + [f"Global.epochs={args.teacher_epochs}"])
     teacher_weights = os.path.join(teacher_dir, "EfficientNetB0", "latest")  # the last epoch's: not chosen on val
+    if args.reuse_teacher and os.path.isfile(teacher_weights + ".pdparams"):
+        teacher = logged_scores(teacher_dir)
+        print(f"teacher: {teacher_weights} (val top-1 {teacher[max(teacher)]:.4f})", flush=True)
+    else:
+        print(f"teacher: EfficientNetB0, {args.teacher_epochs} epochs", flush=True)
+        teacher = train(PLAIN, teacher_dir, data_options(args) + TEACHER_RECIPE + [f"Global.epochs={args.teacher_epochs}"])
     rows, finals, bests = [], {"ce": [], "kd": []}, {"ce": [], "kd": []}
     for seed in args.seeds:
         print(f"seed {seed}: MicroNet_M0, {args.epochs} epochs", flush=True)

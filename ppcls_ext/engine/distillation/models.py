@@ -98,11 +98,10 @@ def _paddleclas_model(member: Member) -> nn.Layer:
     official weights (as its own tools do), a file is read by ours."""
     arch = paddleclas_arch()
     if arch is None or not hasattr(arch, member.model_name):
-        where = "neither ppcls_ext's zoo nor PaddleClas's arch" if arch is not None else \
-            "ppcls_ext's zoo lacks it and PaddleClas is not installed (pip install paddleclas)"
-        close = registry.list_models()
-        raise ConfigError(f"{member.where}.name: unknown model {member.model_name!r}: {where} has it "
-                          f"(ppcls_ext models: {', '.join(close[:6])}, ...)")
+        why = ("neither ppcls_ext's zoo nor PaddleClas's arch has it" if arch is not None else
+               "ppcls_ext's zoo lacks it and PaddleClas, whose zoo is tried next, is not installed (pip install paddleclas)")
+        raise ConfigError(f"{member.where}.name: unknown model {member.model_name!r}: {why} "
+                          f"(ppcls_ext's models: {', '.join(registry.list_models()[:6])}, ...)")
     options = {key: value for key, value in member.options.items() if key != "name"}
     pretrained = options.pop("pretrained", False)
     try:
