@@ -14,7 +14,7 @@ import paddle.nn as nn
 
 from ... import registry
 from ...config import ConfigError, check_values, integer
-from ...weights import SourceNumerics, WeightsFile, load_weights, read_weights_file
+from ...weights import WeightsFile, load_weights, read_weights_file
 from ..log import logger
 
 ARCH_KEYS = {"name", "models", "class_num", "pretrained_list", "freeze_params_list", "infer_model_name", "use_sync_bn"}
@@ -117,7 +117,7 @@ def _paddleclas_model(member: Member) -> nn.Layer:
     return model
 
 
-def build_member(member: Member, source_numerics: Optional[SourceNumerics] = None) -> nn.Layer:
+def build_member(member: Member) -> nn.Layer:
     """The model of one `Arch.models` entry with its own `pretrained` weights; frozen ones are put in eval
     mode with no gradients."""
     if member.model_name not in registry.list_models():
@@ -126,7 +126,7 @@ def build_member(member: Member, source_numerics: Optional[SourceNumerics] = Non
         options = {key: value for key, value in member.options.items() if key != "name"}
         try:
             options = registry.paddleclas_arch_options(member.model_name, options)
-            model = registry.create_model(member.model_name, source_numerics=source_numerics, **options)
+            model = registry.create_model(member.model_name, **options)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{member.where}: {error}") from error
     if member.frozen:
