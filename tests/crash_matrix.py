@@ -13,7 +13,8 @@ the uninterrupted run's), `refused` (exit 2, one `error:` line, no traceback), `
 different result: silently wrong) or `failed` (anything else).
 
 Only public names that every version of the engine has are patched (`paddle.save`, `os.*`, `shutil.rmtree`
-and `ppcls_ext.engine.engine.save_checkpoint`), so the same script measures older code through PYTHONPATH.
+and the engine's `save_checkpoint`: `ppcls_ext.engine.engine`'s in older versions, `ppcls_ext.engine.checkpoint`'s
+now), so the same script measures older code through PYTHONPATH.
 Each run is a fork of this process, which imports Paddle once and computes nothing itself.
 """
 from __future__ import annotations
@@ -80,13 +81,17 @@ class FaultInjector:
 
     def install(self) -> None:
         import paddle
+        import ppcls_ext.engine.checkpoint as checkpoint_module
         import ppcls_ext.engine.engine as engine_module
+
+        # the module whose `save_checkpoint` the engine calls: engine.py in older versions, checkpoint.py now
+        saver = engine_module if hasattr(engine_module, "save_checkpoint") else checkpoint_module
 
         paddle.save = self.wrap("paddle.save", paddle.save)
         for name in ("replace", "rename", "remove", "unlink", "rmdir", "mkdir"):
             setattr(os, name, self.wrap(f"os.{name}", getattr(os, name)))
         shutil.rmtree = self.wrap("shutil.rmtree", shutil.rmtree, slice(0, 1))
-        real_save = engine_module.save_checkpoint
+        real_save = saver.save_checkpoint
 
         def save_checkpoint(prefix, *args, **kwargs):
             is_latest = os.path.basename(prefix) == "latest"
@@ -105,7 +110,7 @@ class FaultInjector:
                         if os.path.exists(f"{prefix}.{member}"):
                             shutil.copy(f"{prefix}.{member}", keep)
 
-        engine_module.save_checkpoint = save_checkpoint
+        saver.save_checkpoint = save_checkpoint
 
 
 def run_in_child(log: str, body: Callable[[], int]) -> int:

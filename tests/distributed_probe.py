@@ -11,21 +11,22 @@ import numpy as np
 import paddle.distributed as dist
 
 from ppcls_ext.cli import main
-from ppcls_ext.engine.engine import Engine
+from ppcls_ext.engine.trainer import Trainer
 
 PROBE_DIR = os.environ["PROBE_DIR"]
 batches = []
 
 
-def running_statistics(engine):
-    models = [("model", engine.model)] + ([("ema", engine.ema.module)] if engine.ema is not None else [])
+def running_statistics(trainer):
+    models = [("model", trainer.task.model)] + ([("ema", trainer.ema.module)] if trainer.ema is not None else [])
     return {f"{name}/{key}": value.numpy() for name, model in models
             for key, value in model.state_dict().items() if key.endswith(("_mean", "_variance"))}
 
 
-def recorded_setup_train(engine):
-    setup_train(engine)
-    loss, metric = engine.train_loss, engine.train_metric
+def recorded_init(trainer, *args, **kwargs):
+    init(trainer, *args, **kwargs)
+    task = trainer.task
+    loss, metric = task.loss, task.metric
 
     def recording_loss(logits, labels):
         values = loss(logits, labels)
@@ -37,19 +38,19 @@ def recorded_setup_train(engine):
         batches[-1].update({k: float(v) for k, v in values.items()})
         return values
 
-    engine.train_loss, engine.train_metric = recording_loss, recording_metric
+    task.loss, task.metric = recording_loss, recording_metric
 
 
-def recorded_average(engine):
-    before = running_statistics(engine)
-    average(engine)
-    after = running_statistics(engine)
+def recorded_average(trainer):
+    before = running_statistics(trainer)
+    average(trainer)
+    after = running_statistics(trainer)
     np.savez(os.path.join(PROBE_DIR, f"rank{dist.get_rank()}_stats.npz"),
              **{f"before:{k}": v for k, v in before.items()}, **{f"after:{k}": v for k, v in after.items()})
 
 
-setup_train, average = Engine._setup_train, Engine._average_running_stats
-Engine._setup_train, Engine._average_running_stats = recorded_setup_train, recorded_average
+init, average = Trainer.__init__, Trainer.average_running_stats
+Trainer.__init__, Trainer.average_running_stats = recorded_init, recorded_average
 
 if __name__ == "__main__":
     status = main("train")

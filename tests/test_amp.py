@@ -12,7 +12,7 @@ import pytest
 from conftest import QUICK_START, quick_config
 from ppcls_ext.config import ConfigError
 from ppcls_ext.engine import Engine
-from ppcls_ext.engine import engine as engine_module
+from ppcls_ext.engine import wiring
 from test_nonfinite import run_cli
 
 amp_internals = importlib.import_module("paddle.amp.auto_cast")  # `paddle.amp.auto_cast` is also a function
@@ -41,7 +41,7 @@ def decorate_on_cpu(models, optimizers=None, level="O1", dtype="float16", master
 @pytest.fixture
 def gpu_amp(monkeypatch):
     """Global.device resolves to "gpu" (Paddle keeps computing on the CPU) and decorate works as on a GPU."""
-    monkeypatch.setattr(engine_module, "_set_device", lambda requested: "gpu")
+    monkeypatch.setattr(wiring, "set_device", lambda requested: "gpu")
     monkeypatch.setattr(paddle.amp, "decorate", decorate_on_cpu)
 
 
@@ -133,8 +133,8 @@ def test_o2_bn_statistics_average_changes_the_real_tensors(gpu_amp, digits, tmp_
         tensor.set_value(tensor + (paddle.to_tensor(other[tensor.name]) if tensor.name in other else tensor))
 
     monkeypatch.setattr(paddle.distributed, "all_reduce", all_reduce)
-    engine.world_size = 2
-    engine._average_running_stats()
+    engine.trainer.world_size = 2
+    engine.trainer.average_running_stats()
     for (name, key), tensor in statistics.items():
         now = models[name].state_dict(use_hook=False)[key]
         np.testing.assert_allclose(now.numpy(), expected[(name, key)], rtol=1e-6, err_msg=f"{name} {key}")
@@ -162,8 +162,8 @@ def test_o2_ema_reads_the_real_tensors(gpu_amp, digits, tmp_path, monkeypatch):
 
 def test_nonfinite_loss_patience(gpu_amp, digits, tmp_path):
     """1 without AMP; 10 with AMP, whose loss scaler skips overflowing steps; configurable."""
-    assert Engine(quick_config(digits, tmp_path, "AMP.level=O1"), "train").loss_watch.patience == 10
-    assert Engine(quick_config(digits, tmp_path), "train").loss_watch.patience == 1
-    assert Engine(quick_config(digits, tmp_path, "Global.nonfinite_loss_patience=3"), "train").loss_watch.patience == 3
+    assert Engine(quick_config(digits, tmp_path, "AMP.level=O1"), "train").trainer.loss_watch.patience == 10
+    assert Engine(quick_config(digits, tmp_path), "train").trainer.loss_watch.patience == 1
+    assert Engine(quick_config(digits, tmp_path, "Global.nonfinite_loss_patience=3"), "train").trainer.loss_watch.patience == 3
     with pytest.raises(ConfigError, match=r"Global.nonfinite_loss_patience must be an integer >= 1 or null, got 0"):
         Engine(quick_config(digits, tmp_path, "Global.nonfinite_loss_patience=0"), "train")

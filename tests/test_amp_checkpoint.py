@@ -7,6 +7,7 @@ import pytest
 from amp_cpu import decorate_o2, enabled_grad_scaler
 from conftest import quick_config
 from ppcls_ext.engine import Engine
+from ppcls_ext.engine.amp import LossScaled
 from ppcls_ext.engine.checkpoint import portable_optimizer_state
 from ppcls_ext.engine.optim import update_skipped
 
@@ -40,15 +41,16 @@ def test_overflow_skipped_steps_advance_neither_schedule_nor_step_count_nor_ema(
     not): 7 applied steps; the scale, dropped once, is in the checkpoint and a resumed run gets it back."""
     config = quick_config(digits, tmp_path, "Global.epochs=1", "EMA.decay=0.9", *NO_EVAL)
     engine = Engine(config, "train")
-    engine.scaler = enabled_grad_scaler(monkeypatch, init_loss_scaling=3e38, decr_ratio=1e-36, incr_every_n_steps=1000)
+    engine.amp.scaling = LossScaled(enabled_grad_scaler(monkeypatch, init_loss_scaling=3e38, decr_ratio=1e-36,
+                                                           incr_every_n_steps=1000))
     engine.train()
     assert engine.iters_per_epoch == 8
     assert engine.global_step == engine.schedule.last_epoch == engine.ema.updates == 7
-    assert engine.scaler.state_dict()["scale"][0] == pytest.approx(300.0)
+    assert engine.amp.scaling.scaler.state_dict()["scale"][0] == pytest.approx(300.0)
     resumed = Engine(quick_config(digits, tmp_path, "Global.epochs=2", "EMA.decay=0.9", *NO_EVAL), "train")
-    resumed.scaler = enabled_grad_scaler(monkeypatch, init_loss_scaling=65536.0, incr_every_n_steps=77)
-    resumed._resume(str(tmp_path / "output" / "MicroNet_M0" / "latest"))
-    state = resumed.scaler.state_dict()
+    resumed.amp.scaling = LossScaled(enabled_grad_scaler(monkeypatch, init_loss_scaling=65536.0, incr_every_n_steps=77))
+    resumed.checkpoints.resume(str(tmp_path / "output" / "MicroNet_M0" / "latest"))
+    state = resumed.amp.scaling.scaler.state_dict()
     assert state["scale"][0] == pytest.approx(300.0) and state["incr_count"] == 7 and state["decr_count"] == 0
     assert state["incr_every_n_steps"] == 77  # as configured now, not as saved
     assert resumed.global_step == resumed.schedule.last_epoch == resumed.ema.updates == 7
@@ -57,14 +59,14 @@ def test_overflow_skipped_steps_advance_neither_schedule_nor_step_count_nor_ema(
 def test_a_skipped_step_leaves_weights_schedule_and_ema_unchanged(digits, tmp_path, monkeypatch):
     engine = Engine(quick_config(digits, tmp_path, "Global.epochs=1", "EMA.decay=0.9", "Optimizer.lr.warmup_epoch=0",
                                  *NO_EVAL), "train")
-    engine.scaler = enabled_grad_scaler(monkeypatch, init_loss_scaling=1024.0)
+    engine.amp.scaling = LossScaled(enabled_grad_scaler(monkeypatch, init_loss_scaling=1024.0))
     images, labels = next(iter(engine.train_loader))
     for overflow in (False, True, False):
         weights, ema = real_tensors(engine.model, trainable_only=True), real_tensors(engine.ema.module)
         counters = (engine.global_step, engine.schedule.last_epoch, engine.ema.updates)
         loss = engine.train_loss(engine.net(images), labels)["loss"]
-        engine.scaler.scale(loss * (1e36 if overflow else 1.0)).backward()
-        assert engine._optimizer_step() is not overflow
+        engine.amp.scaling.scaler.scale(loss * (1e36 if overflow else 1.0)).backward()
+        assert engine.trainer.optimizer_step() is not overflow
         after = (engine.global_step, engine.schedule.last_epoch, engine.ema.updates)
         assert after == tuple(c + (0 if overflow else 1) for c in counters)
         changed = [k for k in weights if not np.array_equal(real_tensors(engine.model)[k], weights[k])]  # (BN statistics
@@ -89,13 +91,13 @@ def test_resume_into_an_o2_decorated_model(digits, tmp_path, monkeypatch):
     masters = {p.name: paddle.to_tensor(p.astype("float32").numpy() + rng.normal(0, 1e-4, p.shape).astype("float32"))
                for p in fp16}
     saved.optimizer.set_state_dict({**saved.optimizer.state_dict(), "master_weights": masters})
-    saved.scaler = enabled_grad_scaler(monkeypatch, init_loss_scaling=2048.0)
-    saved._save("latest", 1)
+    saved.amp.scaling = LossScaled(enabled_grad_scaler(monkeypatch, init_loss_scaling=2048.0))
+    saved.checkpoints.save("latest", 1)
 
     resumed = Engine(config, "train")
     decorate_o2(resumed.model, resumed.optimizer)
-    resumed.scaler = enabled_grad_scaler(monkeypatch, init_loss_scaling=65536.0)
-    resumed._resume(str(tmp_path / "output" / "MicroNet_M0" / "latest"))
+    resumed.amp.scaling = LossScaled(enabled_grad_scaler(monkeypatch, init_loss_scaling=65536.0))
+    resumed.checkpoints.resume(str(tmp_path / "output" / "MicroNet_M0" / "latest"))
     expected, got = real_tensors(saved.model), real_tensors(resumed.model)
     for name, param in resumed.model.named_parameters():
         assert param.dtype == dict(saved.model.named_parameters())[name].dtype
@@ -105,4 +107,4 @@ def test_resume_into_an_o2_decorated_model(digits, tmp_path, monkeypatch):
     assert saved_state["master_weights"].keys() == resumed_state["master_weights"].keys() and len(masters) == len(fp16)
     for name, value in saved_state["master_weights"].items():
         np.testing.assert_array_equal(np.asarray(resumed_state["master_weights"][name]), value.numpy(), err_msg=name)
-    assert resumed.scaler.state_dict()["scale"][0] == 2048.0
+    assert resumed.amp.scaling.scaler.state_dict()["scale"][0] == 2048.0

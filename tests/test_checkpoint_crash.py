@@ -141,7 +141,7 @@ def test_unfinished_saves_are_finished_or_deleted_at_the_next_start(two_epochs, 
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_no_temporary_files(two_epochs, tmp_path, monkeypatch):
     out, engine = two_epochs
-    monkeypatch.setattr(engine, "output_dir", str(tmp_path))
+    monkeypatch.setattr(engine.checkpoints, "output_dir", str(tmp_path))
     shutil.copytree(out, tmp_path, dirs_exist_ok=True)
     before = (tmp_path / "latest.pdstates").read_bytes()
     real_save = paddle.save
@@ -153,7 +153,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_no_temporary_files(two_
 
     monkeypatch.setattr(paddle, "save", disk_full)
     with pytest.raises(OSError):
-        engine._save("latest", 3)
+        engine.checkpoints.save("latest", 3)
     assert (tmp_path / "latest.pdstates").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert load_checkpoint(str(tmp_path / "latest"), with_ema=True)["states"]["epoch"] == 2

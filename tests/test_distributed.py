@@ -24,11 +24,11 @@ DETERMINISTIC = [
 ]
 
 
-def run(tool, options, processes=1, log_dir=None):
+def run(tool, options, processes=1, log_dir=None, config=QUICK_START):
     command = [sys.executable]
     if processes > 1:
         command += ["-m", "paddle.distributed.launch", "--nproc_per_node", str(processes), "--log_dir", str(log_dir)]
-    command += [os.path.join(REPO, "tools", tool), "-c", QUICK_START]
+    command += [os.path.join(REPO, "tools", tool), "-c", config]
     for option in options:
         command += ["-o", option]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)

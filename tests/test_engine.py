@@ -84,7 +84,7 @@ def test_interrupted_checkpoint_write_leaves_a_loadable_checkpoint(digits, tmp_p
 
     monkeypatch.setattr(paddle, "save", crash_on_optimizer)
     with pytest.raises(KeyboardInterrupt):
-        engine._save("latest", 3)
+        engine.checkpoints.save("latest", 3)
     monkeypatch.setattr(paddle, "save", real_save)
     files = load_checkpoint(prefix)  # ...never replaced the complete one
     assert files["states"]["epoch"] == before["epoch"] == 2
@@ -185,7 +185,7 @@ def test_export_round_trip_and_description(digits, tmp_path):
     # the description reproduces the evaluation preprocessing; the exported model reproduces dygraph
     data = (sorted((digits / "images" / "val" / "2").iterdir())[0]).read_bytes()
     from_description = build_transforms([{"DecodeImage": {"to_rgb": True}}] + ops, "inference.yml")(data)
-    from_config = build_transforms(engine._infer_transforms(), "Infer.transforms")(data)
+    from_config = build_transforms(engine.infer_transforms(), "Infer.transforms")(data)
     np.testing.assert_array_equal(from_description, from_config)
     config = paddle.inference.Config(os.path.join(path, "inference.json"), os.path.join(path, "inference.pdiparams"))
     predictor = paddle.inference.create_predictor(config)

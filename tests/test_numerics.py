@@ -5,6 +5,7 @@ clipping and gradient accumulation against one large batch."""
 import math
 import os
 import sys
+from unittest import mock
 
 import numpy as np
 import paddle
@@ -15,6 +16,7 @@ import pytest
 from conftest import REPO, quick_config
 from ppcls_ext.config import ConfigError
 from ppcls_ext.engine import Engine
+from ppcls_ext.engine import front as front_module
 from ppcls_ext.engine.losses import CELoss
 from ppcls_ext.engine.optim import RMSPROP_TF_CHECKED_PADDLE, RMSPropTF, build_lr_schedule, build_optimizer
 
@@ -168,6 +170,11 @@ SCHEDULES = {
     "Exponential-staircase": ({"name": "Exponential", "learning_rate": 0.016, "gamma": 0.97, "decay_epochs": 2.4,
                                "warmup_epoch": 1},  # TF EfficientNet: 0.97 every 2.4 epochs, staircase, warmup
                               closed_form(lambda s: 0.016 * 0.97 ** math.floor(s / 12.0), 5, 0.0, 0.016), None),
+    "MultiStepDecay": ({"name": "MultiStepDecay", "learning_rate": 0.2, "milestones": [1, 3], "gamma": 0.1,
+                        "warmup_epoch": 1},
+                       closed_form(lambda s: 0.2 * 0.1 ** (int(s >= 5) + int(s >= 15)), 5, 0.0, 0.2),
+                       lambda: paddle.optimizer.lr.LinearWarmup(paddle.optimizer.lr.MultiStepDecay(0.2, [5, 15], gamma=0.1),
+                                                                warmup_steps=5, start_lr=0.0, end_lr=0.2)),
     "Constant": ({"name": "Constant", "learning_rate": 0.05, "warmup_epoch": 2, "warmup_start_lr": 0.01},
                  closed_form(lambda s: 0.05, 10, 0.01, 0.05),
                  lambda: paddle.optimizer.lr.LinearWarmup(0.05, warmup_steps=10, start_lr=0.01, end_lr=0.05)),
@@ -191,7 +198,7 @@ def test_epochwise_schedule_holds_each_epoch():
 
 
 @pytest.mark.skipif(not os.path.isdir(UPSTREAM), reason=f"needs PaddleClas's source at {UPSTREAM} (../shared/upstream/PaddleClas)")
-@pytest.mark.parametrize("name", ["Cosine", "Piecewise", "Step", "Constant"])
+@pytest.mark.parametrize("name", ["Cosine", "Piecewise", "Step", "Constant", "MultiStepDecay"])
 def test_schedule_matches_paddleclas(name):
     """PaddleClas's own classes for the same `Optimizer.lr` section (ppcls/optimizer/learning_rate.py).
     Its `Constant` is a bare scheduler that ignores warmup keys; our Constant warms up like its `ConstLR`."""
@@ -332,10 +339,13 @@ def train_without_batch_norm(digits, output, batch_size, update_freq):
     config = quick_config(digits, output, "Global.epochs=1", "Global.eval_during_train=False", f"Global.update_freq={update_freq}",
                           f"DataLoader.Train.sampler.batch_size={batch_size}", "DataLoader.Train.sampler.shuffle=False")
     config["DataLoader"]["Train"]["dataset"]["transform_ops"] = config["DataLoader"]["Eval"]["dataset"]["transform_ops"]
-    engine = Engine(config, "train")
-    paddle.seed(7)
-    engine.model = engine.net = NoBatchNorm()
-    engine.optimizer = build_optimizer(config["Optimizer"], engine.model, engine.schedule)
+
+    def seeded_model(arch, source_numerics=None):
+        paddle.seed(7)
+        return NoBatchNorm()
+
+    with mock.patch.object(front_module, "build_model", seeded_model):  # the engine trains this model instead
+        engine = Engine(config, "train")
     engine.train()
     return engine
 

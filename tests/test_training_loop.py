@@ -75,7 +75,7 @@ def test_training_reads_back_only_for_log_lines_and_logs_the_weighted_means(digi
     engine = Engine(quick_config(digits, tmp_path, "Global.epochs=1", "Global.eval_during_train=False",
                                  "EMA.decay=0.9", "Global.update_freq=2"), "train")
     batches = []  # (batch size, {name: device tensor}) per iteration, copied on the device
-    loss, metric = engine.train_loss, engine.train_metric
+    loss, metric = engine.task.loss, engine.task.metric
 
     def recording_loss(logits, labels):
         values = loss(logits, labels)
@@ -87,9 +87,9 @@ def test_training_reads_back_only_for_log_lines_and_logs_the_weighted_means(digi
         batches[-1][1].update({k: _device_copy(v) for k, v in values.items()})
         return values
 
-    engine.train_loss, engine.train_metric = recording_loss, recording_metric
+    engine.task.loss, engine.task.metric = recording_loss, recording_metric
     counter = ReadbackCounter(monkeypatch)
-    engine.train_loader = counter.mark(engine.train_loader)
+    engine.trainer.loader = counter.mark(engine.train_loader)
     engine.train()
     monkeypatch.undo()
 

@@ -50,9 +50,14 @@ def text_lines(path: str) -> Iterator[Tuple[int, str]]:
             yield number, line
 
 
-def read_label_file(label_path: str, image_root: str, delimiter: Optional[str] = None) -> Tuple[List[str], List[int], List[int]]:
+UNLABELED = -1  # the label of an image without one (PaddleClas's SSLD lists: `path -1`, or the path alone)
+
+
+def read_label_file(label_path: str, image_root: str, delimiter: Optional[str] = None,
+                    unlabeled: bool = False) -> Tuple[List[str], List[int], List[int]]:
     """Parse `path label` lines (blank lines skipped) into (image paths, labels, line numbers), checking
-    that every image exists and every label is a non-negative integer. Errors name the file and line."""
+    that every image exists and every label is a non-negative integer; with `unlabeled`, a label of -1 or
+    none (the path alone) is read as UNLABELED. Errors name the file and line."""
     if not os.path.isdir(image_root):
         raise ConfigError(f"image_root does not exist or is not a directory: {image_root}")
     if os.path.isdir(label_path):
@@ -66,11 +71,15 @@ def read_label_file(label_path: str, image_root: str, delimiter: Optional[str] =
             continue
         parts = line.rsplit(delimiter, 1) if delimiter else line.rsplit(None, 1)
         where = f"{label_path}, line {number}"
-        if len(parts) != 2:
+        text = parts[-1].strip() if len(parts) == 2 else ""
+        label = UNLABELED if unlabeled and text == str(UNLABELED) else parse_label(text)
+        if label is not None:
+            path = parts[0].strip()
+        elif unlabeled and os.path.isfile(os.path.join(image_root, line)):
+            path, label = line, UNLABELED  # an image path alone: unlabelled
+        elif len(parts) != 2:
             raise ConfigError(f"{where}: expected '<image path> <label>', got {line!r}")
-        path, text = parts[0].strip(), parts[1].strip()
-        label = parse_label(text)
-        if label is None:
+        else:
             hint = " (only the ASCII digits 0-9 are read)" if not text.isascii() else ""
             raise ConfigError(f"{where}: label must be a non-negative integer, got {text!r}{hint}")
         full = os.path.join(image_root, path)
@@ -111,18 +120,27 @@ class ImageNetDataset(Dataset):
     ):
         self.image_root = image_root
         self.label_path = cls_label_path
-        self.images, self.labels, self.line_numbers = read_label_file(cls_label_path, image_root, delimiter)
+        # images without a label are read here and refused by `check_labels` unless the run reads no labels
+        self.images, self.labels, self.line_numbers = read_label_file(cls_label_path, image_root, delimiter, unlabeled=True)
         self.transform = transform_ops
         self.skip_broken = skip_broken
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def check_labels(self, class_num: int) -> None:
-        """Every label must be below the model's class_num."""
+    def check_labels(self, class_num: int, unlabeled: bool = False) -> None:
+        """Every label must be below the model's class_num; images without a label (UNLABELED) only where
+        the run reads no labels (`unlabeled`: SSLD-style distillation with teacher-only losses)."""
         for label, line in zip(self.labels, self.line_numbers):
             if label >= class_num:
                 raise ConfigError(f"{self.label_path}, line {line}: label {label} is not below Arch.class_num={class_num}")
+            if label == UNLABELED and not unlabeled:
+                raise ConfigError(f"{self.label_path}, line {line}: expected '<image path> <label>', the image has no "
+                                  f"label (-1 or none); unlabelled images are read only by a DistillationModel run whose "
+                                  f"Loss.Train reads no labels (e.g. DistillationDMLLoss, DistillationKLDivLoss)")
+
+    def unlabeled_count(self) -> int:
+        return sum(label == UNLABELED for label in self.labels)
 
     def load(self, index: int) -> np.ndarray:
         """The transformed image at `index`; errors name the file."""

@@ -139,14 +139,19 @@ def build_dataloader(
     class_num: int,
     seeder: Optional[WorkerSeeder] = None,
     indexed: bool = False,
+    unlabeled: bool = False,
 ):
     """The loader of `DataLoader.<mode>`; sharded across ranks by DistributedBatchSampler. With
-    `indexed`, samples carry their dataset index (see IndexedDataset)."""
+    `indexed`, samples carry their dataset index (see IndexedDataset); with `unlabeled`, images without a
+    label (label -1) are accepted (see `ImageNetDataset.check_labels`)."""
     where = f"DataLoader.{mode}"
     cfg: Dict[str, Any] = section(config, where)
     dataset_cfg = section(cfg, "dataset")
     dataset = build_dataset(dataset_cfg, f"{where}.dataset", skip_broken=mode == "Train")
-    dataset.check_labels(class_num)
+    if unlabeled:
+        dataset.check_labels(class_num, unlabeled=True)
+    else:
+        dataset.check_labels(class_num)
     batch_ops = build_batch_ops(dataset_cfg.get("batch_transform_ops") or [], class_num, f"{where}.dataset.batch_transform_ops")
     sampler_cfg = dict(section(cfg, "sampler"))
     sampler_name = sampler_cfg.pop("name", "DistributedBatchSampler")

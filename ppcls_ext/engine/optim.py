@@ -59,13 +59,15 @@ def _exponential(base: float, every: float, gamma: float, staircase: bool) -> Ca
     return lambda t: base * gamma ** (math.floor(t / every) if staircase else t / every)
 
 
-SCHEDULES = ("Constant", "Cosine", "Piecewise", "Step", "Exponential")
+SCHEDULES = ("Constant", "Cosine", "Piecewise", "Step", "Exponential", "MultiStepDecay")
 _SCHEDULE_KEYS = {
     "Constant": set(),
     "Cosine": {"eta_min"},
     "Piecewise": {"decay_epochs", "values"},
     "Step": {"step_size", "gamma"},
     "Exponential": {"gamma", "decay_epochs", "staircase"},
+    # step_each_epoch: PaddleClas's configs write it, its engine replaces it with the loader's length (as here)
+    "MultiStepDecay": {"milestones", "gamma", "step_each_epoch"},
 }
 _COMMON_KEYS = {"name", "learning_rate", "warmup_epoch", "warmup_start_lr", "by_epoch", "last_epoch"}
 
@@ -75,7 +77,8 @@ def build_lr_schedule(cfg: Mapping[str, Any], epochs: int, steps_per_epoch: int,
 
     Cosine(learning_rate, eta_min) · Piecewise(decay_epochs, values) · Step(learning_rate, step_size
     [epochs], gamma) · Exponential(learning_rate, gamma, decay_epochs [may be fractional, e.g. 2.4],
-    staircase=True) · Constant(learning_rate); all with warmup_epoch, warmup_start_lr and by_epoch.
+    staircase=True) · MultiStepDecay(learning_rate, milestones [epochs], gamma=0.1) · Constant(learning_rate);
+    all with warmup_epoch, warmup_start_lr and by_epoch.
     """
     name = cfg.get("name")
     if name not in SCHEDULES:
@@ -100,6 +103,10 @@ def build_lr_schedule(cfg: Mapping[str, Any], epochs: int, steps_per_epoch: int,
             decay = _cosine(base, total - warmup, float(cfg.get("eta_min", 0.0)))
         elif name == "Step":
             decay = _step(base, int(round(float(section(cfg, "step_size")) * steps_per_epoch)), float(section(cfg, "gamma")))
+        elif name == "MultiStepDecay":
+            milestones = [int(round(float(e) * steps_per_epoch)) for e in section(cfg, "milestones")]
+            gamma = float(cfg.get("gamma", 0.1))
+            decay = _piecewise(milestones, [base * gamma ** i for i in range(len(milestones) + 1)])
         else:
             decay = _exponential(base, float(cfg.get("decay_epochs", 1.0)) * steps_per_epoch, float(section(cfg, "gamma")),
                                  bool(cfg.get("staircase", True)))
