@@ -20,6 +20,7 @@ import paddle.nn as nn
 from paddle.static import InputSpec
 
 from ..config import dump_yaml, single_entry
+from ..interrupts import deferred
 from ..output_paths import IncompleteWrite, writing
 
 try:
@@ -104,20 +105,21 @@ def export_inference_model(model: nn.Layer, save_dir: str, description: Dict[str
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with writing(save_dir, "Global.save_inference_dir", kept="the export already there is kept"):
-            model.eval()
-            with program_format:
-                static = paddle.jit.to_static(_Exported(model, softmax), full_graph=True,
-                                              input_spec=[InputSpec([None, 3, None, None], "float32", name="x")])
-                paddle.jit.save(static, os.path.join(staging, "inference"))
-            description = {**description, "Global": {**description.get("Global", {}), "export_format": export_format,
-                                                      "data_format": getattr(model, "data_format", "NCHW")}}
-            text = dump_yaml(description)
-            with open(os.path.join(staging, "inference.yml"), "w", encoding="utf-8") as f:
-                f.write(text)
-            if not os.path.isfile(os.path.join(staging, EXPORT_FORMATS[export_format])) or not os.path.isfile(
-                    os.path.join(staging, MODEL_FILES[0])):
-                raise RuntimeError(f"paddle.jit.save wrote no {export_format} inference model into {staging}")
-            check_export(staging, export_format, text)
+            with deferred():  # Paddle's conversion cut by Ctrl-C fails oddly (even crashes): it stops after it
+                model.eval()
+                with program_format:
+                    static = paddle.jit.to_static(_Exported(model, softmax), full_graph=True,
+                                                  input_spec=[InputSpec([None, 3, None, None], "float32", name="x")])
+                    paddle.jit.save(static, os.path.join(staging, "inference"))
+                description = {**description, "Global": {**description.get("Global", {}), "export_format": export_format,
+                                                          "data_format": getattr(model, "data_format", "NCHW")}}
+                text = dump_yaml(description)
+                with open(os.path.join(staging, "inference.yml"), "w", encoding="utf-8") as f:
+                    f.write(text)
+                if not os.path.isfile(os.path.join(staging, EXPORT_FORMATS[export_format])) or not os.path.isfile(
+                        os.path.join(staging, MODEL_FILES[0])):
+                    raise RuntimeError(f"paddle.jit.save wrote no {export_format} inference model into {staging}")
+                check_export(staging, export_format, text)
             _replace_dir(staging, save_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Mapping, Optional
 from ..cli import USER_ERRORS, error_line, report_failures
 from ..config import boolean, check_sections, check_values, closest, integer, load_config, section
 from ..engine.predict import collect_images
-from ..output_paths import check_writable_file
+from ..interrupts import Interrupted, signal_name, stop_on_signals
+from ..output_paths import check_writable_file, write_file_atomically
 from .classifier import DeployedClassifier, ExportError
 from .options import DeploymentError, options_from_config
 
@@ -46,28 +47,37 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-' prints JSON only)")
     args = parser.parse_args(argv)
-    try:
-        if args.json not in (None, "-"):
-            check_writable_file(args.json, "--json")
-        config = load_config(args.config, args.override)
-        glob = check_deploy_config(config)
-        topk = (config.get("PostProcess") or {}).get("Topk") or {}
-        classifier = DeployedClassifier(
-            section(glob, "inference_model_dir"), options_from_config(glob), batch_size=glob.get("batch_size", 1),
-            topk=topk.get("topk"), class_id_map_file=topk.get("class_id_map_file"),
-            preprocess=(config.get("PreProcess") or {}).get("transform_ops"))
-        files = collect_images(section(glob, "infer_imgs"))
-        results = []
-        for result in classifier.classify(files):
-            results.append(result)
-            if args.json != "-":
-                print(result, flush=True)
-    except USER_ERRORS + (DeploymentError, ExportError) as error:
-        print(f"error: {error_line(error)}", file=sys.stderr)
-        return 2
+    with stop_on_signals():
+        try:
+            results = classify(args)
+        except Interrupted as stop:
+            print(f"interrupted by {signal_name(stop.signum)}", file=sys.stderr)
+            return stop.exit_status
+        except USER_ERRORS + (DeploymentError, ExportError) as error:
+            print(f"error: {error_line(error)}", file=sys.stderr)
+            return 2
+    return report_failures(results)
+
+
+def classify(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Classify the deploy config's images with its export, printing (and with --json writing) the results."""
+    if args.json not in (None, "-"):
+        check_writable_file(args.json, "--json")
+    config = load_config(args.config, args.override)
+    glob = check_deploy_config(config)
+    topk = (config.get("PostProcess") or {}).get("Topk") or {}
+    classifier = DeployedClassifier(
+        section(glob, "inference_model_dir"), options_from_config(glob), batch_size=glob.get("batch_size", 1),
+        topk=topk.get("topk"), class_id_map_file=topk.get("class_id_map_file"),
+        preprocess=(config.get("PreProcess") or {}).get("transform_ops"))
+    files = collect_images(section(glob, "infer_imgs"))
+    results = []
+    for result in classifier.classify(files):
+        results.append(result)
+        if args.json != "-":
+            print(result, flush=True)
     if args.json == "-":
         print(json.dumps(results, ensure_ascii=False, indent=2))
     elif args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, ensure_ascii=False, indent=2)
-    return report_failures(results)
+        write_file_atomically(args.json, json.dumps(results, ensure_ascii=False, indent=2), "--json")
+    return results
