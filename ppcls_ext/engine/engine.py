@@ -271,5 +271,7 @@ class Engine:
         return classify_images(self.model, self.config, self.class_num, json_path)
 
     def export(self) -> str:
-        """tools/export_model.py: Paddle Inference model + inference.yml into Global.save_inference_dir."""
+        """tools/export_model.py: Paddle Inference model + inference.yml into Global.save_inference_dir;
+        weights holding NaN/Inf are refused, as by eval and infer."""
+        self._check_loaded_weights()
         return export_model(self.model, self.model_name, self.config, self.class_num)

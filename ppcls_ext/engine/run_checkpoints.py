@@ -9,6 +9,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import paddle
 import paddle.distributed as dist
 
+from ..config import ConfigError
 from ..interrupts import deferred
 from ..output_paths import writing
 from ..weights import load_weights, numerics_record
@@ -73,6 +74,7 @@ class RunCheckpoints:
         optimizer, schedule, EMA, loss scaler and counters, all from one save or a one-line error."""
         self.recover(os.path.dirname(os.path.abspath(prefix)))
         saved = checkpoint.load_checkpoint(prefix, with_ema=self.ema is not None)
+        check_class_count(saved["model"], self.model, prefix)
         load_weights(self.model, checkpoint.cast_to_model_dtypes(saved["model"], self.model), source=prefix + ".pdparams")
         self.optimizer.set_state_dict(checkpoint.restore_optimizer_state(saved["optimizer"], self.model))
         states = saved["states"]
@@ -93,3 +95,20 @@ class RunCheckpoints:
         prefix, epoch = self.last_complete
         return f"the last complete checkpoint is {prefix} (epoch {epoch}); resume with -o Global.checkpoints={prefix}"
 
+
+def check_class_count(saved: Mapping[str, Any], model: paddle.nn.Layer, prefix: str) -> None:
+    """A resume continues a run exactly (PaddleClas's `Global.checkpoints`): a checkpoint whose classifier
+    has another class count than `Arch.class_num` is refused before anything is loaded; fine-tuning to
+    another class count starts from `Global.pretrained_model`."""
+    prefixes = tuple(getattr(model, "classifier_prefixes", ()))
+    if not prefixes:
+        return
+    saved = model.convert_state_dict(saved)  # PaddleClas's layout too
+    for key, tensor in model.state_dict().items():
+        if not key.startswith(prefixes) or key not in saved or len(tensor.shape) == 0:
+            continue
+        have, want = int(saved[key].shape[-1]), int(tensor.shape[-1])
+        if have != want:
+            raise ConfigError(f"Global.checkpoints: {prefix} was trained for {have} classes, Arch.class_num is {want}: "
+                              f"a resume continues that run unchanged; to fine-tune for {want} classes start from its "
+                              f"weights with -o Global.pretrained_model={prefix} (and without Global.checkpoints)")
