@@ -23,7 +23,7 @@ SECTIONS = ("Global", "PreProcess", "PostProcess")
 GLOBAL_VALUES = {"batch_size": integer(1), "cpu_num_threads": integer(1, optional=True), "gpu_mem": integer(1),
                  "gpu_id": integer(0), "use_gpu": boolean, "enable_mkldnn": boolean, "use_fp16": boolean,
                  "use_int8": boolean, "use_tensorrt": boolean, "ir_optim": boolean, "use_onnx": boolean,
-                 "enable_benchmark": boolean, "enable_profile": boolean}
+                 "enable_benchmark": boolean, "enable_profile": boolean, "cpu_spin_wait": boolean}
 GLOBAL_KEYS = set(GLOBAL_VALUES) | {"infer_imgs", "inference_model_dir", "backend", "tensorrt", "model_name",
                                     "save_log_path", "benchmark", "use_npu", "use_xpu", "use_mlu"}
 
