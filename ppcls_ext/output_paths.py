@@ -43,11 +43,15 @@ def check_writable_file(path: str, what: str) -> None:
             with open(path, "a", encoding="utf-8"):
                 pass
         else:
-            with open(path, "x", encoding="utf-8"):
-                pass
-            os.remove(path)
+            _create_and_remove(path)
     except OSError as error:
         raise ConfigError(f"{what} {path}: cannot write there ({write_reason(error)})") from error
+
+
+def _create_and_remove(path: str) -> None:
+    with open(path, "x", encoding="utf-8"):
+        pass
+    os.remove(path)
 
 
 def ensure_directory(path: str, what: str) -> None:
@@ -63,11 +67,8 @@ def check_writable_directory(path: str, what: str) -> None:
     """The folder `path` exists (created if need be) and takes new files: one is really created and
     removed, since permissions alone do not tell (a read-only mount, root, ACLs)."""
     ensure_directory(path, what)
-    probe = os.path.join(path, f".write-test-{os.getpid()}")
     try:
-        with open(probe, "x", encoding="utf-8"):
-            pass
-        os.remove(probe)
+        _create_and_remove(os.path.join(path, f".write-test-{os.getpid()}"))
     except OSError as error:
         raise ConfigError(f"{what}: cannot write in {path} ({write_reason(error)})") from error
 
