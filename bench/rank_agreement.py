@@ -7,7 +7,9 @@ batch; contenders, in alternating blocks (order flipped every round) in the same
 - step: forward, backward (with the gradient all-reduce) and optimizer step;
 - step + agreement: the same, preceded by the agreement;
 - agreement alone.
-Reported per batch shape: median ms of each, and the agreement's share of a step.
+Reported per batch shape: median ms of each; the agreement alone as a share of a step; and the paired
+ratio of the steps with and without it (which also holds the ranks' skew that the extra synchronisation
+point before the forward pass exposes).
 
     python bench/rank_agreement.py                       # ~1 min on 2 cores
     python bench/rank_agreement.py --rounds 10 --markdown output/rank_agreement.md
@@ -78,7 +80,7 @@ def main() -> None:
         worker(args)
         return
     from ppcls_ext.report import markdown_table, publish
-    from ppcls_ext.timing import median_ms
+    from ppcls_ext.timing import median_ms, paired_ratio
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "samples.json")
@@ -93,10 +95,12 @@ def main() -> None:
     rows = []
     for shape, samples in results.items():
         step, agreed, alone = (median_ms(samples[name]) for name in ("step", "step + agreement", "agreement"))
-        rows.append([f"MicroNet_M0, {shape}", f"{step:.2f}", f"{agreed:.2f}", f"{alone:.3f}", f"{100 * alone / step:.1f}%"])
+        ratio = paired_ratio(samples["step + agreement"], samples["step"])
+        rows.append([f"MicroNet_M0, {shape}", f"{step:.2f}", f"{agreed:.2f}", f"{alone:.3f}", f"{100 * alone / step:.1f}%",
+                     f"{ratio:.3f}"])
     publish("Two processes (paddle.distributed.launch, gloo on CPU), median ms per call:\n\n" + markdown_table(
-        ["model, batch", "step", "step + agreement", "agreement alone", "agreement / step"], rows, "lrrrr"),
-        args.markdown)
+        ["model, batch", "step", "step + agreement", "agreement alone", "agreement / step",
+         "(step + agreement) / step, paired"], rows, "lrrrrr"), args.markdown)
 
 
 if __name__ == "__main__":
