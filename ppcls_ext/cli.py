@@ -7,11 +7,13 @@ from typing import List, Optional, Sequence
 
 from .config import ConfigError, load_config
 from .data.dataset import DataError
-from .output_paths import check_writable_file
+from .interrupts import Interrupted, raise_pending, signal_name, stop_on_signals
+from .output_paths import WriteError, check_writable_file
 from .weights import IncompatibleWeightsError, WeightsDownloadError
 
-#: errors caused by the user's input (config, paths, data, weights): one line on stderr, exit status 2
-USER_ERRORS = (ConfigError, FileNotFoundError, IncompatibleWeightsError, WeightsDownloadError, DataError)
+#: errors caused by the user's input (config, paths, data, weights) or its outputs (a full disk, a file-size
+#: limit, a read-only folder): one line on stderr, exit status 2
+USER_ERRORS = (ConfigError, FileNotFoundError, IncompatibleWeightsError, WeightsDownloadError, DataError, WriteError)
 #: training diverged, or weights / model outputs hold NaN or Inf: one line on stderr
 NONFINITE_EXIT_STATUS = 3
 
@@ -56,28 +58,44 @@ def report_failures(results: Sequence[dict]) -> int:
     return 2 if every else 0
 
 
-def main(mode: str, argv: Optional[List[str]] = None) -> int:
-    """Run one tool; errors in the user's input are reported in one line (exit status 2), not a traceback."""
-    args = parse_args(mode, argv)
-    from .engine import Engine  # imported here so that --help stays fast
-    from .engine.nonfinite import NonFiniteError
+def interrupted_line(stop: Interrupted, engine) -> str:
+    """The line that ends an interrupted run: for training, the checkpoint to resume from."""
+    checkpoints = getattr(engine, "checkpoints", None)
+    return f"interrupted by {signal_name(stop.signum)}" + (f"; {checkpoints.resume_hint()}" if checkpoints else "")
 
-    try:
-        if getattr(args, "json", None) not in (None, "-"):
-            check_writable_file(args.json, "--json")
-        engine = Engine(load_config(args.config, args.override), mode)
-        if mode == "train":
-            engine.train()
-        elif mode == "eval":
-            engine.eval()
-        elif mode == "infer":
-            return report_failures(engine.infer(args.json))
-        else:
-            engine.export()
-    except USER_ERRORS as error:
-        print(f"error: {error_line(error)}", file=sys.stderr)
-        return 2
-    except NonFiniteError as error:
-        print(f"error: {error_line(error)}", file=sys.stderr)
-        return NONFINITE_EXIT_STATUS
+
+def main(mode: str, argv: Optional[List[str]] = None) -> int:
+    """Run one tool; errors in the user's input are reported in one line (exit status 2), not a traceback;
+    Ctrl-C and SIGTERM stop it in one line too (exit status 130, 143)."""
+    args = parse_args(mode, argv)
+    engine = None
+    with stop_on_signals():
+        try:
+            from .engine import Engine  # imported here so that --help stays fast
+
+            if getattr(args, "json", None) not in (None, "-"):
+                check_writable_file(args.json, "--json")
+            engine = Engine(load_config(args.config, args.override), mode)
+            if mode == "train":
+                engine.train()
+            elif mode == "eval":
+                engine.eval()
+            elif mode == "infer":
+                return report_failures(engine.infer(args.json))
+            else:
+                engine.export()
+            raise_pending()  # a signal after the last step: the run is complete, still say so
+        except Interrupted as stop:
+            print(interrupted_line(stop, engine), file=sys.stderr)
+            return stop.exit_status
+        except USER_ERRORS as error:
+            print(f"error: {error_line(error)}", file=sys.stderr)
+            return 2
+        except Exception as error:
+            from .engine.nonfinite import NonFiniteError
+
+            if not isinstance(error, NonFiniteError):
+                raise
+            print(f"error: {error_line(error)}", file=sys.stderr)
+            return NONFINITE_EXIT_STATUS
     return 0

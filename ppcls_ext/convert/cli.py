@@ -10,14 +10,14 @@ from typing import List, Optional
 import numpy as np
 import paddle
 
-from ..output_paths import replaced_atomically
+from ..output_paths import WriteError, replaced_atomically
 from ..registry import UnknownModelError, create_model
 from ..weights import IncompatibleWeightsError, WeightsDownloadError, model_numerics, numerics_record, read_weights_file
 
 
 def _save_atomically(state: dict, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with replaced_atomically(path) as temporary:
+    with replaced_atomically(path, "-o") as temporary:
         paddle.save(state, temporary)
 
 
@@ -54,7 +54,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(convert(args.source, args.model, args.output, args.origin, args.class_num, args.sha256))
-    except (IncompatibleWeightsError, WeightsDownloadError, FileNotFoundError, UnknownModelError, ValueError) as error:
+    except (IncompatibleWeightsError, WeightsDownloadError, FileNotFoundError, UnknownModelError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,8 +1,12 @@
 """DataLoaders from a PaddleClas `DataLoader.<Train|Eval>` section: dataset, sampler, workers."""
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import random
+import traceback
+import weakref
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
@@ -46,12 +50,22 @@ class WorkerSeeder:
 
 
 _DATA_ERROR = "data_error"  # the key of a batch that carries a worker's DataError message (see FailedSample)
+_WORKER_ERROR = "worker_error"  # ... or the traceback of another exception in the worker's batch operators
+
+
+def _as_bytes(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+
+def _text(array) -> str:
+    return bytes(array.numpy()).decode("utf-8")
 
 
 class _Collate:
     """Applies the batch operators (mixup, cutmix) to the list of samples, then stacks them. A batch that
-    cannot be built (a FailedSample in it, images of different sizes) is a DataError; in a DataLoader
-    worker it becomes {"data_error": the message as UTF-8 bytes}, which WorkerLoader raises."""
+    cannot be built (a FailedSample in it, images of different sizes, a batch operator's ValueError) is a
+    DataError; in a DataLoader worker it becomes {"data_error": the message as UTF-8 bytes}, which
+    WorkerLoader raises (Paddle's loader would fail or wait on a worker's exception instead)."""
 
     def __init__(self, batch_ops, where: str = "DataLoader"):
         self.batch_ops = batch_ops
@@ -60,10 +74,17 @@ class _Collate:
     def __call__(self, samples):
         message = self._problem(samples)
         if message is None:
-            return default_collate_fn(self.batch_ops(samples) if self.batch_ops else samples)
+            try:
+                return default_collate_fn(self.batch_ops(samples) if self.batch_ops else samples)
+            except ValueError as error:  # a batch operator refusing the batch (DataError is a ValueError)
+                message = f"{self.where}.dataset.batch_transform_ops: {error}"
+            except Exception:  # a bug: the main process raises it with this traceback
+                if get_worker_info() is None:
+                    raise
+                return {_WORKER_ERROR: _as_bytes(traceback.format_exc())}
         if get_worker_info() is None:
             raise DataError(message)
-        return {_DATA_ERROR: np.frombuffer(message.encode("utf-8"), dtype=np.uint8)}
+        return {_DATA_ERROR: _as_bytes(message)}
 
     def _problem(self, samples) -> Optional[str]:
         failed = next((sample for sample in samples if isinstance(sample, FailedSample)), None)
@@ -79,18 +100,35 @@ class _Collate:
 
 class WorkerLoader(DataLoader):
     """Paddle's multi-process DataLoader, raising in the main process the DataError that a worker
-    returned as a FailedSample batch."""
+    returned as a FailedSample batch, and stopping its workers when iteration ends early."""
 
     def __iter__(self):
         batches = super().__iter__()
+        _LIVE_ITERATORS.add(batches)
         try:
             for batch in batches:
                 if isinstance(batch, dict) and _DATA_ERROR in batch:
-                    raise DataError(bytes(batch[_DATA_ERROR].numpy()).decode("utf-8"))
+                    raise DataError(_text(batch[_DATA_ERROR]))
+                if isinstance(batch, dict) and _WORKER_ERROR in batch:
+                    raise RuntimeError("a DataLoader worker failed in the batch operators:\n"
+                                       + _text(batch[_WORKER_ERROR]))
                 yield batch
-        except DataError:
+        except BaseException:  # an error, an interrupt, or a consumer that stopped early: no worker is left running
             _stop_workers(batches)
             raise
+
+
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()  # multi-process iterators, for the clean-up at exit
+
+
+@atexit.register
+def _stop_live_workers() -> None:
+    """Stop the workers of iterators that a run left mid-epoch (stopped by an error or a signal while its
+    generator was still referenced) before the interpreter shuts down: Paddle's own clean-up in the
+    iterator's `__del__` would run during finalisation, where it can wait for ever on a queue thread it
+    starts (seen after SIGTERM)."""
+    for batches in list(_LIVE_ITERATORS):
+        _stop_workers(batches)
 
 
 def _stop_workers(batches) -> None:
@@ -100,7 +138,10 @@ def _stop_workers(batches) -> None:
     dataloader_iter.py, Paddle 3.3.1), which its `__del__` calls (tested: no worker outlives the error)."""
     shutdown = getattr(batches, "_try_shutdown_all", None)
     if shutdown is not None:
-        shutdown()
+        # workers already gone (a signal to the whole process group) make it fail: what matters then is the
+        # error on its way out, or the end of the process, not a clean-up that found them gone
+        with contextlib.suppress(Exception):
+            shutdown()
 
 
 class InlineLoader:

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 import paddle
 import paddle.distributed as dist
 
-from .. import cpu_env
+from .. import cpu_env, interrupts
 from ..config import section
 from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
 from ..output_paths import ensure_directory
@@ -30,6 +30,7 @@ from .nonfinite import LossWatch, NonFiniteError, describe_nonfinite_weights
 from .optim import build_lr_schedule, build_optimizer
 from .progressive import KNOBS, apply_stage, build_schedule
 from .run_checkpoints import RunCheckpoints
+from .run_lock import hold_output_folder
 from .serving import classify_images, export_model, infer_transforms
 from .state import TrainingState
 from .trainer import Trainer
@@ -81,6 +82,8 @@ class Engine:
         self.evaluator = Evaluator(*eval_parts, self.amp, self.world_size, self.print_step) if eval_parts else None
         if mode == "train":
             self._build_trainer()
+        if mode in ("train", "eval"):
+            interrupts.stop_between_steps()  # a signal stops the loops at their next step, every rank alike
 
     # --- set-up -------------------------------------------------------------------------------------
 
@@ -119,9 +122,14 @@ class Engine:
         self.state = TrainingState()
         self.checkpoints = RunCheckpoints(self.output_dir, self.rank, self.world_size, self.model, self.optimizer,
                                           self.schedule, self.ema, self.amp, self.state, self.front.checkpoint_record())
-        self.checkpoints.recover(self.output_dir)
-        if self.glob.get("checkpoints"):
-            self.checkpoints.resume(str(self.glob["checkpoints"]))
+        self.run_lock = hold_output_folder(self.output_dir, self.rank)  # before recovery touches the folder
+        try:
+            self.checkpoints.recover(self.output_dir)
+            if self.glob.get("checkpoints"):
+                self.checkpoints.resume(str(self.glob["checkpoints"]))
+        except BaseException:
+            self.run_lock.release()
+            raise
         self.writer = ScalarWriter(os.path.join(self.output_dir, "vdl") if self.glob.get("use_visualdl") and self.rank == 0 else None)
 
     def _build_trainer(self) -> None:
@@ -161,9 +169,12 @@ class Engine:
         """Train for Global.epochs, evaluating, checkpointing and logging as PaddleClas does; returns the
         last evaluation."""
         last_eval: Dict[str, float] = {}
-        for epoch in range(self.state.start_epoch, self.epochs + 1):
-            last_eval = self.run_epoch(epoch).get("eval", last_eval)
-        self.writer.close()
+        try:
+            for epoch in range(self.state.start_epoch, self.epochs + 1):
+                last_eval = self.run_epoch(epoch).get("eval", last_eval)
+        finally:
+            self.writer.close()
+            self.run_lock.release()
         return last_eval
 
     def _apply_progressive_stage(self, epoch: int, record: Dict[str, Any]) -> None:
@@ -243,5 +254,7 @@ class Engine:
         return classify_images(self.model, self.config, self.class_num, json_path)
 
     def export(self) -> str:
-        """tools/export_model.py: Paddle Inference model + inference.yml into Global.save_inference_dir."""
+        """tools/export_model.py: Paddle Inference model + inference.yml into Global.save_inference_dir;
+        weights holding NaN/Inf are refused, as by eval and infer."""
+        self._check_loaded_weights()
         return export_model(self.model, self.front.served_name, self.config, self.class_num)

@@ -14,6 +14,7 @@ from ..data.device_normalize import batch_normalizer
 from .amp import AmpPolicy
 from .log import AverageMeter, epoch_line, logger
 from .nonfinite import NonFiniteError
+from .rank_agreement import agreed_batches
 
 
 class Evaluator:
@@ -35,7 +36,7 @@ class Evaluator:
         loss_names: List[str] = []
         tic = time.time()
         try:
-            for iteration, (images, labels, index) in enumerate(self.loader):
+            for iteration, (images, labels, index) in enumerate(agreed_batches(self.loader, self.world_size)):
                 images = batch_normalizer(self.loader)(images)  # loader.normalize_on_device: uint8 batches
                 times["reader_cost"].update(time.time() - tic)
                 loss_names = self._evaluate_batch(net, images, labels, index, rows)

@@ -20,7 +20,13 @@ import paddle.nn as nn
 from paddle.static import InputSpec
 
 from ..config import dump_yaml, single_entry
-from ..output_paths import replace_directory
+from ..interrupts import deferred
+from ..output_paths import IncompleteWrite, replace_directory, writing
+
+try:
+    import resource
+except ImportError:  # Windows: no file-size limits
+    resource = None
 
 MODEL_FILES = ("inference.pdiparams",)
 GRAPH_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
@@ -98,20 +104,58 @@ def export_inference_model(model: nn.Layer, save_dir: str, description: Dict[str
     staging = f"{save_dir}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        model.eval()
-        with program_format:
-            static = paddle.jit.to_static(_Exported(model, softmax), full_graph=True,
-                                          input_spec=[InputSpec([None, 3, None, None], "float32", name="x")])
-            paddle.jit.save(static, os.path.join(staging, "inference"))
-        description = {**description, "Global": {**description.get("Global", {}), "export_format": export_format,
-                                                  "data_format": getattr(model, "data_format", "NCHW")}}
-        with open(os.path.join(staging, "inference.yml"), "w", encoding="utf-8") as f:
-            f.write(dump_yaml(description))
-        if not os.path.isfile(os.path.join(staging, EXPORT_FORMATS[export_format])) or not os.path.isfile(
-                os.path.join(staging, MODEL_FILES[0])):
-            raise RuntimeError(f"paddle.jit.save wrote no {export_format} inference model into {staging}")
-        replace_directory(staging, save_dir)
+        with writing(save_dir, "Global.save_inference_dir", kept="the export already there is kept"):
+            with deferred():  # Paddle's conversion cut by Ctrl-C fails oddly (even crashes): it stops after it
+                model.eval()
+                with program_format:
+                    static = paddle.jit.to_static(_Exported(model, softmax), full_graph=True,
+                                                  input_spec=[InputSpec([None, 3, None, None], "float32", name="x")])
+                    paddle.jit.save(static, os.path.join(staging, "inference"))
+                description = {**description, "Global": {**description.get("Global", {}), "export_format": export_format,
+                                                          "data_format": getattr(model, "data_format", "NCHW")}}
+                text = dump_yaml(description)
+                with open(os.path.join(staging, "inference.yml"), "w", encoding="utf-8") as f:
+                    f.write(text)
+                if not os.path.isfile(os.path.join(staging, EXPORT_FORMATS[export_format])) or not os.path.isfile(
+                        os.path.join(staging, MODEL_FILES[0])):
+                    raise RuntimeError(f"paddle.jit.save wrote no {export_format} inference model into {staging}")
+                check_export(staging, export_format, text)
+            replace_directory(staging, save_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return save_dir
 
+
+def check_export(directory: str, export_format: str, description_text: str) -> None:
+    """The export in `directory` is complete, or IncompleteWrite: `paddle.jit.save` does not report a failed
+    write (at a file-size limit it returned normally with inference.pdiparams cut short), so the program
+    and weights are loaded back with Paddle Inference and inference.yml is read back before the export
+    replaces anything."""
+    with open(os.path.join(directory, "inference.yml"), "r", encoding="utf-8") as f:
+        if f.read() != description_text:
+            raise IncompleteWrite("inference.yml does not read back as written")
+    files = [os.path.join(directory, name) for name in (EXPORT_FORMATS[export_format], MODEL_FILES[0])]
+    config = paddle.inference.Config(*files)
+    config.disable_gpu()
+    config.switch_ir_optim(False)  # loading is the check; no graph passes needed
+    config.disable_glog_info()
+    try:
+        paddle.inference.create_predictor(config)
+    except Exception as error:  # Paddle raises RuntimeError/ValueError/its own types for a damaged file
+        raise IncompleteWrite(f"{_cut_short(files)}the export does not load back ({type(error).__name__}: "
+                              f"{_first_line(error)})") from error
+
+
+def _cut_short(files: Sequence[str]) -> str:
+    """Why an export's file may be cut short: the file-size limit that one file's size equals, or a full disk."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else None
+    for path in files:
+        if limit is not None and limit != resource.RLIM_INFINITY and os.path.getsize(path) == limit:
+            return f"{os.path.basename(path)} stops at the file-size limit (ulimit -f, {limit} bytes): "
+    if shutil.disk_usage(os.path.dirname(files[0])).free < 1 << 20:
+        return "the disk is full: "
+    return ""
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)

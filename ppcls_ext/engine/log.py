@@ -2,11 +2,14 @@
 a log file in the output directory, rank 0 only, and VisualDL scalars."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
 import sys
 from typing import Dict, Mapping, Optional
+
+from ..output_paths import WriteError, write_reason, writing
 
 logger = logging.getLogger("ppcls_ext")
 _FORMAT = logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", datefmt="%Y/%m/%d %H:%M:%S")
@@ -21,7 +24,8 @@ def init_logger(log_file: Optional[str] = None, rank: int = 0) -> logging.Logger
     handlers = [logging.StreamHandler(sys.stdout)]
     if log_file is not None and rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, "a", encoding="utf-8"))
+        with writing(log_file, "log file", kept=""):
+            handlers.append(LogFile(log_file))
     for handler in handlers:
         handler.setFormatter(_FORMAT)
         handler._ppcls_ext = True
@@ -29,6 +33,25 @@ def init_logger(log_file: Optional[str] = None, rank: int = 0) -> logging.Logger
     logger.setLevel(logging.INFO if rank == 0 else logging.ERROR)
     logger.propagate = False
     return logger
+
+
+class LogFile(logging.FileHandler):
+    """The run's log file. A line that cannot be written (disk full, file-size limit) stops the run with
+    one WriteError line, where logging would print a traceback on stderr and carry on; the file is not
+    written to again."""
+
+    def __init__(self, path: str):
+        super().__init__(path, "a", encoding="utf-8")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+            return
+        logger.removeHandler(self)
+        with contextlib.suppress(OSError):  # closing flushes what could not be written, failing again
+            self.close()
+        raise WriteError(f"log file: cannot write {self.baseFilename}: {write_reason(error)}") from error
 
 
 class AverageMeter:

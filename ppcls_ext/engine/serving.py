@@ -11,6 +11,7 @@ from .. import registry
 from ..config import ConfigError, section
 from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
+from ..output_paths import write_file_atomically
 from .export import EXPORT_FORMATS, deploy_transforms, export_inference_model, inference_config
 from .log import logger
 from .postprocess import Topk
@@ -58,8 +59,7 @@ def classify_images(model: paddle.nn.Layer, config: Mapping[str, Any], class_num
     if json_path == "-":
         print(json.dumps(results, ensure_ascii=False, indent=2))
     elif json_path:
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump(results, f, ensure_ascii=False, indent=2)
+        write_file_atomically(json_path, json.dumps(results, ensure_ascii=False, indent=2), "--json")
     return results
 
 

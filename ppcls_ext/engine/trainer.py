@@ -16,6 +16,7 @@ from .ema import ModelEMA
 from .log import AverageMeter, ScalarWriter, epoch_line, logger, train_line
 from .metrics import RunningMeans
 from .nonfinite import LossWatch, NonFiniteError, divergence_message, nonfinite_tensors
+from .rank_agreement import agreed_batches
 from .state import TrainingState
 from .task import gradient_sync
 
@@ -62,7 +63,7 @@ class Trainer:
         times = {"batch_cost": AverageMeter(), "reader_cost": AverageMeter()}
         total = self.iters_per_epoch
         tic = time.time()
-        for iteration, (images, labels) in enumerate(self.loader):
+        for iteration, (images, labels) in enumerate(agreed_batches(self.loader, self.world_size)):
             images = batch_normalizer(self.loader)(images)  # loader.normalize_on_device: uint8 batches
             if iteration == 5:
                 for meter in times.values():

@@ -13,7 +13,7 @@ import paddle
 
 from .. import registry
 from ..config import ConfigError, boolean, check_sections, check_values, int_list, integer, number, section
-from ..output_paths import ensure_directory
+from ..output_paths import check_writable_directory
 from ..weights import SourceNumerics, sha256_value
 from .log import logger
 
@@ -76,9 +76,9 @@ def check_config(config: Mapping[str, Any], glob: Mapping[str, Any], mode: str) 
     check_values(config.get("Infer") or {}, {"batch_size": integer(1)}, "Infer")
     for path, checks in TRAINING_VALUES.items():
         check_values(section(config, path, required=False), checks, path)
-    if mode == "export":
-        ensure_directory(os.path.dirname(os.path.abspath(glob.get("save_inference_dir", "./inference"))),
-                         "Global.save_inference_dir")
+    if mode == "export":  # the export is built beside its folder and renamed into place
+        check_writable_directory(os.path.dirname(os.path.abspath(glob.get("save_inference_dir", "./inference"))),
+                                 "Global.save_inference_dir")
 
 
 def check_global_keys(glob: Mapping[str, Any]) -> None:

@@ -134,6 +134,15 @@ def create_predictor(model_dir: str, options: InferenceOptions, image_shape: Seq
                            serving_shape=(batch_size, *image_shape))
 
 
+def describe_ops(ops: Sequence[Dict[str, Any]]) -> str:
+    """Preprocessing ops in one line: `ResizeImage(resize_short=256), CropImage(size=224), ...`."""
+    parts = []
+    for op in ops:
+        for name, args in op.items():
+            parts.append(name + ("(" + ", ".join(f"{k}={v}" for k, v in (args or {}).items()) + ")" if args else ""))
+    return ", ".join(parts)
+
+
 class DeployedClassifier:
     """Classifies image files with an export of tools/export_model.py: its own preprocessing (so a
     deployed model sees exactly what it was evaluated on), the chosen backend, top-k with names."""
@@ -145,7 +154,7 @@ class DeployedClassifier:
         self.options = options or InferenceOptions()
         self.batch_size = max(1, int(batch_size))
         description = read_description(model_dir)
-        ops = self._preprocessing(description, preprocess)
+        ops = self._preprocessing(model_dir, description, preprocess)
         self.transform = build_transforms([{"DecodeImage": {"to_rgb": True, "channel_first": False}}] + ops,
                                           f"{model_dir}: PreProcess.transform_ops")
         glob = (description or {}).get("Global", {})
@@ -157,12 +166,18 @@ class DeployedClassifier:
         self.predictor = load_predictor(model_dir, self.options, self.image_shape, self.batch_size)
 
     @staticmethod
-    def _preprocessing(description: Optional[Dict[str, Any]], configured: Optional[List[Any]]) -> List[Any]:
+    def _preprocessing(model_dir: str, description: Optional[Dict[str, Any]],
+                       configured: Optional[List[Any]]) -> List[Any]:
         """The export's ops win; a deploy config's PreProcess serves exports without inference.yml."""
         if description is None:
             if not configured:
                 raise ConfigError("this export has no inference.yml: give PreProcess.transform_ops in the deploy config")
-            return deploy_transforms(configured)
+            ops = deploy_transforms(configured)
+            logger.warning("%s has no inference.yml (the preprocessing the model was evaluated with): assuming the "
+                           "deploy config's PreProcess.transform_ops, as PaddleClas's predictor does: %s; if the model "
+                           "was trained otherwise its results are wrong: re-export it with tools/export_model.py",
+                           model_dir, describe_ops(ops))
+            return ops
         exported = description["PreProcess"]["transform_ops"]
         if configured and deploy_transforms(configured) != deploy_transforms(exported):
             logger.warning("the deploy config's PreProcess differs from the export's inference.yml; using the "

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Mapping, Optional
 from ..cli import USER_ERRORS, error_line, report_failures
 from ..config import boolean, check_sections, check_values, closest, integer, load_config, section
 from ..engine.predict import collect_images
-from ..output_paths import check_writable_file
+from ..interrupts import Interrupted, signal_name, stop_on_signals
+from ..output_paths import check_writable_file, write_file_atomically
 from .classifier import DeployedClassifier, ExportError
 from .options import DeploymentError, options_from_config
 
@@ -22,7 +23,7 @@ SECTIONS = ("Global", "PreProcess", "PostProcess")
 GLOBAL_VALUES = {"batch_size": integer(1), "cpu_num_threads": integer(1, optional=True), "gpu_mem": integer(1),
                  "gpu_id": integer(0), "use_gpu": boolean, "enable_mkldnn": boolean, "use_fp16": boolean,
                  "use_int8": boolean, "use_tensorrt": boolean, "ir_optim": boolean, "use_onnx": boolean,
-                 "enable_benchmark": boolean, "enable_profile": boolean}
+                 "enable_benchmark": boolean, "enable_profile": boolean, "cpu_spin_wait": boolean}
 GLOBAL_KEYS = set(GLOBAL_VALUES) | {"infer_imgs", "inference_model_dir", "backend", "tensorrt", "model_name",
                                     "save_log_path", "benchmark", "use_npu", "use_xpu", "use_mlu"}
 
@@ -46,28 +47,37 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-' prints JSON only)")
     args = parser.parse_args(argv)
-    try:
-        if args.json not in (None, "-"):
-            check_writable_file(args.json, "--json")
-        config = load_config(args.config, args.override)
-        glob = check_deploy_config(config)
-        topk = (config.get("PostProcess") or {}).get("Topk") or {}
-        classifier = DeployedClassifier(
-            section(glob, "inference_model_dir"), options_from_config(glob), batch_size=glob.get("batch_size", 1),
-            topk=topk.get("topk"), class_id_map_file=topk.get("class_id_map_file"),
-            preprocess=(config.get("PreProcess") or {}).get("transform_ops"))
-        files = collect_images(section(glob, "infer_imgs"))
-        results = []
-        for result in classifier.classify(files):
-            results.append(result)
-            if args.json != "-":
-                print(result, flush=True)
-    except USER_ERRORS + (DeploymentError, ExportError) as error:
-        print(f"error: {error_line(error)}", file=sys.stderr)
-        return 2
+    with stop_on_signals():
+        try:
+            results = classify(args)
+        except Interrupted as stop:
+            print(f"interrupted by {signal_name(stop.signum)}", file=sys.stderr)
+            return stop.exit_status
+        except USER_ERRORS + (DeploymentError, ExportError) as error:
+            print(f"error: {error_line(error)}", file=sys.stderr)
+            return 2
+    return report_failures(results)
+
+
+def classify(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Classify the deploy config's images with its export, printing (and with --json writing) the results."""
+    if args.json not in (None, "-"):
+        check_writable_file(args.json, "--json")
+    config = load_config(args.config, args.override)
+    glob = check_deploy_config(config)
+    topk = (config.get("PostProcess") or {}).get("Topk") or {}
+    classifier = DeployedClassifier(
+        section(glob, "inference_model_dir"), options_from_config(glob), batch_size=glob.get("batch_size", 1),
+        topk=topk.get("topk"), class_id_map_file=topk.get("class_id_map_file"),
+        preprocess=(config.get("PreProcess") or {}).get("transform_ops"))
+    files = collect_images(section(glob, "infer_imgs"))
+    results = []
+    for result in classifier.classify(files):
+        results.append(result)
+        if args.json != "-":
+            print(result, flush=True)
     if args.json == "-":
         print(json.dumps(results, ensure_ascii=False, indent=2))
     elif args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, ensure_ascii=False, indent=2)
-    return report_failures(results)
+        write_file_atomically(args.json, json.dumps(results, ensure_ascii=False, indent=2), "--json")
+    return results

@@ -57,7 +57,7 @@ def export_onnx(model_dir: str, opset: int = 13, force: bool = False) -> str:
         raise DeploymentError(f"paddle2onnx could not convert {program} (its log above says why)") from error
     model = onnxoptimizer.optimize(onnx.load_model_from_string(converted), list(ONNX_PASSES))
     onnx.checker.check_model(model, full_check=True)
-    with replaced_atomically(target) as partial:
+    with replaced_atomically(target, "ONNX conversion") as partial:
         onnx.save(model, partial)
     logger.info("ONNX: converted %s to %s", program, target)
     return target
