@@ -12,7 +12,6 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 
 from .engine import Engine
 
@@ -60,9 +59,8 @@ def engine_config(name: str, level: str, data_dir: str, lists: Dict[str, str], o
 
 
 def loss_scale(engine: Engine) -> Optional[float]:
-    if engine.scaler is None:
-        return None
-    return float(np.asarray(engine.scaler.state_dict()["scale"]).reshape(-1)[0])
+    """The loss scale of a loss-scaled run, else None."""
+    return engine.amp.scaling.current_scale()
 
 
 def engine_row(name: str, level: str, data_dir: str, workdir: str, device: str = "gpu") -> Dict[str, str]:

@@ -43,6 +43,7 @@ def gpu_amp(monkeypatch):
     """Global.device resolves to "gpu" (Paddle keeps computing on the CPU) and decorate works as on a GPU."""
     monkeypatch.setattr(wiring, "set_device", lambda requested: "gpu")
     monkeypatch.setattr(paddle.amp, "decorate", decorate_on_cpu)
+    monkeypatch.setattr(paddle.device.cuda, "get_device_capability", lambda device=None: (8, 0))  # float16 capable
 
 
 class AutoCastRecorder:

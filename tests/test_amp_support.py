@@ -39,7 +39,7 @@ def test_o2_below_compute_capability_7_is_refused_by_the_engine(gpu, digits, tmp
 def test_o1_below_compute_capability_7_runs_float32_and_says_so(gpu, digits, tmp_path, engine_log):
     gpu["capability"] = (6, 0)
     engine = Engine(training_config(digits, tmp_path, "O1"), "train")
-    assert engine.amp_level is None and engine.scaler is None
+    assert engine.amp_level is None and engine.amp.scaling.scaler is None
     assert "has no float16 support (compute capability < 7.0); training in float32" in engine_log.text
 
 
