@@ -11,6 +11,7 @@ from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence,
 
 import paddle.nn as nn
 
+from .errors import UserError
 from .models import (
     EFFICIENTNET_LITE_SCALING,
     EFFICIENTNET_SCALING,
@@ -127,7 +128,7 @@ def _build_registry() -> Dict[str, ModelConfig]:
 _REGISTRY = _build_registry()
 
 
-class UnknownModelError(KeyError, ValueError):
+class UnknownModelError(UserError, KeyError, ValueError):
     """Raised for a model name that is not in the zoo; the message lists the valid names."""
 
     def __str__(self) -> str:

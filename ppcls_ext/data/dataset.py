@@ -10,6 +10,7 @@ import numpy as np
 from paddle.io import Dataset, get_worker_info
 
 from ..config import ConfigError
+from ..errors import UserError
 
 logger = logging.getLogger("ppcls_ext")
 
@@ -17,7 +18,7 @@ logger = logging.getLogger("ppcls_ext")
 MAX_UNREADABLE_IN_A_ROW = 10
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Image data that stops a run: an unreadable image in evaluation (which counts every image), or a
     training set whose images keep failing to load. The message names the label file, line and image."""
 
