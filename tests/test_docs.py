@@ -184,6 +184,23 @@ def test_zoo_table_has_latency_for_micronet_and_mobilenetv3_small():
     assert not missing, f"README.md's model table lacks {missing}"
 
 
+def test_zoo_table_rows_are_what_tools_model_zoo_prints():
+    """The README's command, on the small models (the big ones take minutes to build): the same parameters,
+    sizes, top-1 and weights columns."""
+    done = subprocess.run([sys.executable, "tools/model_zoo.py", "-n", "MicroNet*", "-n", "EfficientNetB0", "-n",
+                           "EfficientNetLite0", "-n", "EfficientNetV2_B0", "--no-flops"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    readme = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                            for line in page_text(README).splitlines() if line.startswith("| "))}
+    printed = [[c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    assert len(printed) == 7, done.stdout
+    for cells in printed:
+        name = cells[0]
+        columns = (1, 3, 4, 5)  # params, train / eval size, paper top-1, official weights (FLOPs: --no-flops)
+        assert [readme[name][i] for i in columns] == [cells[i] for i in columns], name
+
+
 # ------------------------------------------------------------------------------------------- links
 
 @pytest.mark.parametrize("page", PAGES, ids=relative)
@@ -337,6 +354,11 @@ def test_module_graph_command_line():
 
 # ------------------------------------------------------------------------------------------- -o keys
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _constants(name: str) -> List[Tuple[str, object]]:
     """(module, value) of every module-level assignment to `name` in the package, found by reading the source."""
     found = []
@@ -345,8 +367,7 @@ def _constants(name: str) -> List[Tuple[str, object]]:
         for node in tree.body:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
             if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-                parts = path.relative_to(REPO).with_suffix("").parts
-                module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+                module = _module_name(path)
                 found.append((module, getattr(importlib.import_module(module), name)))
     return found
 
@@ -362,8 +383,7 @@ def _one(name: str, holding: str) -> object:
 def _dataclass(name: str) -> Set[str]:
     for path in sorted((REPO / "ppcls_ext").rglob("*.py")):
         if any(isinstance(n, ast.ClassDef) and n.name == name for n in ast.parse(path.read_text(encoding="utf-8")).body):
-            parts = path.relative_to(REPO).with_suffix("").parts
-            return {f.name for f in dataclasses.fields(getattr(importlib.import_module(".".join(parts)), name))}
+            return {f.name for f in dataclasses.fields(getattr(importlib.import_module(_module_name(path)), name))}
     raise AssertionError(f"no class {name} in ppcls_ext: the docs test reads the Global.tensorrt keys from it")
 
 
@@ -438,7 +458,7 @@ def test_override_keys_are_accepted_by_the_tools(page, accepted):
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_key_checks_catch_wrong_keys(accepted):
+def test_the_key_checks_catch_wrong_keys(accepted, tmp_path):
     """The checks above can fail: misspelt or misplaced keys are caught, the right ones pass."""
     assert training_key_error("Global.epochs", accepted) is None
     assert training_key_error("Global.epoch", accepted)
@@ -450,7 +470,8 @@ def test_the_key_checks_catch_wrong_keys(accepted):
     assert deploy_key_error("Global.tensorrt.calibration", accepted) is None
     assert deploy_key_error("Global.tensorrt.calibrate", accepted)
     assert deploy_key_error("Global.epochs", accepted)
-    page = REPO / "docs" / "README.md"
     assert slug("`tools/gpu_check.py`") == "toolsgpu_checkpy"
     assert slug("PaddleClas's tools: train, eval, infer, export") == "paddleclass-tools-train-eval-infer-export"
-    assert "the-code" not in anchors(page)  # bold text is not a heading
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n\n**Bold**\n\n## Twice\n\n```bash\n# a comment\n```\n\n## Twice\n", encoding="utf-8")
+    assert anchors(page) == {"title", "twice", "twice-1"}  # bold text and code comments are not headings
