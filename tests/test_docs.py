@@ -162,10 +162,11 @@ def test_setup_py_long_description_is_the_readme():
     assert done.stdout.strip() == page_text(README).strip()
 
 
-def test_readme_links_every_docs_page():
-    linked = {os.path.normpath(target.split("#")[0]) for _, target in LINK.findall(page_text(README))}
-    pages = {relative(p) for p in PAGES if p != README}
-    assert not pages - linked, f"README.md does not link {sorted(pages - linked)}"
+@pytest.mark.parametrize("index", [README, REPO / "docs" / "README.md"], ids=relative)
+def test_the_indexes_link_every_docs_page(index):
+    linked = {os.path.normpath(index.parent / target.split("#")[0]) for _, target in LINK.findall(page_text(index))}
+    pages = {str(p) for p in PAGES if p not in (README, index)}
+    assert not pages - linked, f"{relative(index)} does not link {sorted(relative(Path(p)) for p in pages - linked)}"
 
 
 def test_zoo_table_has_latency_for_micronet_and_mobilenetv3_small():
