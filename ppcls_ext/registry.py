@@ -8,7 +8,7 @@ import difflib
 import fnmatch
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 import paddle.nn as nn
@@ -82,11 +82,7 @@ def register_family(declaration: FamilyDeclaration, build: Callable[..., ImageCl
     _FAMILIES[declaration.family] = _Family(build, frozenset(options))
     for variant in declaration:
         _DECLARATIONS[variant.name] = variant
-        _REGISTRY[variant.name] = ModelConfig(
-            name=variant.name, family=variant.family, variant=variant.variant, train_size=variant.train_size,
-            eval_size=variant.eval_size, crop_pct=variant.crop_pct, crop_mode=variant.crop_mode,
-            interpolation=variant.interpolation, mean=variant.mean, std=variant.std, dropout=variant.dropout,
-            drop_path_rate=variant.drop_path_rate, weights_url=variant.weights_url, paper_top1=variant.paper_top1)
+        _REGISTRY[variant.name] = ModelConfig(**{f.name: getattr(variant, f.name) for f in fields(ModelConfig)})
 
 
 _EFFICIENTNET_OPTIONS = ("dropout", "drop_path_rate", "padding", "bn_epsilon", "recompute")

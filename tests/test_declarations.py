@@ -49,8 +49,8 @@ def test_the_check_command_names_a_stale_config_and_the_command_to_run(tmp_path,
 
 def test_a_row_missing_a_fact_fails_naming_the_model_and_the_fact():
     incomplete = {k: v for k, v in COMPLETE.items() if k != "batch_size"}
-    with pytest.raises(DeclarationError, match=r"^EfficientNetX1: missing batch_size \(a EfficientNet row gives: .*, or "
-                                                 r"takes the family's default\)$"):
+    with pytest.raises(DeclarationError, match=r"^EfficientNetX1: missing batch_size \(EfficientNet rows give: .*, or "
+                                                 r"take the family's default\)$"):
         declare_family("EfficientNet", "EfficientNet{}", [row("X1", Scaling(1.0, 1.0, 64, 0.2), paper_top1=None)],
                        incomplete, derive=scaling_facts)
 
@@ -146,7 +146,7 @@ def test_a_family_registered_from_its_declaration_is_known_everywhere(scratch_re
         {**COMPLETE, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}, derive=scaling_facts)
     registry.register_family(wide, lambda variant, **options: efficientnet(*wide.specs()[variant][:2], **options), ["dropout"])
     with pytest.raises(ValueError, match="model family 'EfficientNetWide' is registered already"):
-        registry.register_family(wide, efficientnet_variant, [])
+        registry.register_family(wide, efficientnet, [])
     assert registry.list_models(family="EfficientNetWide") == ["EfficientNetWideT0"]
     config = registry.get_model_config("EfficientNetWideT0")
     assert (config.eval_size, config.resize_short, config.dropout, config.interpolation) == (64, 96, 0.1, "bicubic")

@@ -128,8 +128,8 @@ def declare_family(family: str, name_format: str, rows: Sequence[Row], defaults:
         missing = [fact for fact in FACTS if fact not in facts]
         if unknown or missing:
             problems = ([f"unknown fact(s) {unknown}"] if unknown else []) + ([f"missing {', '.join(missing)}"] if missing else [])
-            raise DeclarationError(f"{name}: {'; '.join(problems)} (a {family} row gives: {', '.join(FACTS)}, "
-                                   f"or takes the family's default)")
+            raise DeclarationError(f"{name}: {'; '.join(problems)} ({family} rows give: {', '.join(FACTS)}, "
+                                   f"or take the family's default)")
         url = facts["weights_url"]
         if isinstance(url, str):
             facts["weights_url"] = url.format(name=name)
