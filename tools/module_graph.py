@@ -40,7 +40,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("engine / deployment", ("ppcls_ext.engine", "ppcls_ext.engine.*", "ppcls_ext.inference", "ppcls_ext.inference.*",
                              "ppcls_ext.quant", "ppcls_ext.quant.*")),
     ("CLI", ("ppcls_ext.cli", "ppcls_ext.cli.*", "*.cli", "*.split_cli", "ppcls_ext.gpu_check",
-             "ppcls_ext.gpu_check_engine", "ppcls_ext")),
+             "ppcls_ext.gpu_check_engine", "ppcls_ext.zoo_configs", "ppcls_ext.zoo_configs.*", "ppcls_ext")),
 )
 # imports forbidden whatever the layers say: (importing modules, imported modules, why)
 FORBIDDEN: Tuple[Tuple[str, str, str], ...] = (
