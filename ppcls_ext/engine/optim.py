@@ -97,7 +97,8 @@ def piecewise(decay_epochs: Sequence[float], values: Sequence[float], plan: Step
               learning_rate: Optional[float] = None) -> Decay:
     """`learning_rate`: PaddleClas's configs write it, as every schedule takes it; `values[0]` is the rate."""
     if len(values) != len(decay_epochs) + 1:
-        raise ValueError(f"Piecewise needs one more value than decay_epochs, got {len(values)} and {len(decay_epochs)}")
+        raise ValueError(f"Piecewise needs one more value than decay_epochs, got {len(values)} values and "
+                         f"{len(decay_epochs)} decay_epochs")
     values = [float(v) for v in values]
     return values[0], _piecewise([plan.at_epoch(e) for e in decay_epochs], values)
 

@@ -27,16 +27,17 @@ _TEMPERATURE = number(0, expected="a positive number")
 
 def _pairs(model_name_pairs: Any, loss: str) -> List[Tuple[str, str]]:
     if not isinstance(model_name_pairs, (list, tuple)) or not model_name_pairs or not all(
-            isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in model_name_pairs):
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(n, str) for n in pair)
+            for pair in model_name_pairs):
         raise ValueError(f"{loss}: model_name_pairs must be a list of [model, model] pairs, e.g. "
                          f"[[Student, Teacher]], got {model_name_pairs!r}")
-    return [(str(a), str(b)) for a, b in model_name_pairs]
+    return [(a, b) for a, b in model_name_pairs]
 
 
 def _names(model_names: Any, loss: str) -> List[str]:
-    if not isinstance(model_names, (list, tuple)) or not model_names:
+    if not isinstance(model_names, (list, tuple)) or not model_names or not all(isinstance(n, str) for n in model_names):
         raise ValueError(f"{loss}: model_names must be a list of model names, e.g. [Student], got {model_names!r}")
-    return [str(name) for name in model_names]
+    return list(model_names)
 
 
 def _positive_temperature(temperature: Any, loss: str) -> float:
