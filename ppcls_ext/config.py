@@ -295,7 +295,8 @@ def one_of(choices: Sequence[Any], expected: Optional[str] = None) -> ValueCheck
     return check
 
 
-def _passes(check: ValueCheck, value: Any) -> bool:
+def passes(check: ValueCheck, value: Any) -> bool:
+    """Whether `check` accepts `value` (for a caller that words its own error)."""
     try:
         check(value, "")
     except ConfigError:
@@ -316,7 +317,7 @@ def int_list(length: Optional[int], minimum: int = 1, maximum: Optional[int] = N
         if value is None and optional:
             return value
         if (not isinstance(value, (list, tuple)) or not value or (length is not None and len(value) != length)
-                or not all(_passes(element, item) for item in value)):
+                or not all(passes(element, item) for item in value)):
             raise ConfigError(f"{where} must be {expected}, got {value!r}")
         return value
 
@@ -332,7 +333,7 @@ def number_list(minimum: Optional[float] = None, optional: bool = False, expecte
     def check(value: Any, where: str) -> Any:
         if value is None and optional:
             return value
-        if not isinstance(value, (list, tuple)) or not value or not all(_passes(element, item) for item in value):
+        if not isinstance(value, (list, tuple)) or not value or not all(passes(element, item) for item in value):
             raise ConfigError(f"{where} must be {expected}, got {value!r}")
         return value
 

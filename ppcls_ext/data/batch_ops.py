@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import ConfigError, integer, number, single_entry
+from ..config import ConfigError, integer, number, passes, single_entry
 from ..config_registry import ConfigRegistry
 from .registries import BATCH_OPS
 
@@ -203,7 +203,7 @@ def build_batch_ops(op_configs: Optional[list], class_num: Optional[int], where:
     if not isinstance(op_configs, (list, tuple)):
         raise ConfigError(f"{where}: expected a list of batch ops like [{{MixupOperator: {{alpha: 0.2}}}}], "
                           f"got {op_configs!r}")
-    if isinstance(class_num, bool) or not isinstance(class_num, (int, np.integer)) or class_num < 1:
+    if not passes(_CLASS_NUM, class_num):
         raise ConfigError(f"{where}: batch ops need a positive Arch.class_num, got {class_num!r}")
     return BatchCompose([BATCH_OPS.build(item, f"{where}[{index}]", class_num=int(class_num))
                          for index, item in enumerate(op_configs)])
