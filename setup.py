@@ -48,6 +48,8 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["ppcls_ext", "ppcls_ext.*"]),
+    # the recipe templates tools/make_configs.py renders configs/ImageNet from
+    package_data={"ppcls_ext.zoo_configs": ["templates/*.yaml"]},
     py_modules=[HOOK],
     cmdclass={"build_py": BuildWithStartupHook},
     python_requires=">=3.8",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import difflib
 import logging
+import numbers
 import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -201,21 +202,6 @@ def single_entry(item: Any, where: str) -> tuple:
     return name, dict(args)
 
 
-def unknown_name(kind: str, name: str, valid: Sequence[str], where: str) -> ConfigError:
-    """The error for an unknown op / loss / optimizer / schedule name, listing the valid ones."""
-    return ConfigError(f"{where}: unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
-
-
-def build_from_registry(kind: str, registry: Mapping[str, Any], name: str, args: Mapping[str, Any], where: str) -> Any:
-    """Instantiate `registry[name](**args)`, turning an unknown name or a bad argument into a ConfigError."""
-    if name not in registry:
-        raise unknown_name(kind, name, list(registry), where)
-    try:
-        return registry[name](**args)
-    except TypeError as error:
-        raise ConfigError(f"{where}: bad arguments for {kind} {name}: {error}") from error
-
-
 def closest(name: str, known: Iterable[str], cutoff: float = 0.6) -> Optional[str]:
     """The known name most like `name` (compared case-insensitively), or None."""
     by_folded = {k.lower(): k for k in known}
@@ -246,34 +232,39 @@ def check_sections(config: Mapping[str, Any], used: Sequence[str], ignored: Opti
 ValueCheck = Callable[[Any, str], Any]
 
 
-def _bounded(kind: str, types: tuple, minimum: Optional[float], maximum: Optional[float], optional: bool) -> ValueCheck:
-    """A check that the value is of `types` (never a bool) within [minimum, maximum]; None passes only
-    when `optional`. `kind` names the expected kind in the error ('an integer')."""
-    bounds = " and ".join(part for part in (f">= {minimum}" if minimum is not None else "",
-                                             f"<= {maximum}" if maximum is not None else "") if part)
-    expected = f"{kind}{' ' + bounds if bounds else ''}{' or null' if optional else ''}"
+def _bounded(kind: str, types: tuple, minimum: Optional[float], maximum: Optional[float], optional: bool,
+             expected: Optional[str]) -> ValueCheck:
+    """A check that the value is of `types` (never a bool) within [minimum, maximum] (NaN is within no bound);
+    None passes only when `optional`. `kind` names the expected kind in the error ('an integer'), unless
+    `expected` words the whole expectation ('a positive int (set Arch.class_num)')."""
+    if expected is None:
+        bounds = " and ".join(part for part in (f">= {minimum}" if minimum is not None else "",
+                                                 f"<= {maximum}" if maximum is not None else "") if part)
+        expected = f"{kind}{' ' + bounds if bounds else ''}{' or null' if optional else ''}"
 
     def check(value: Any, where: str) -> Any:
         if value is None and optional:
             return value
-        if (isinstance(value, bool) or not isinstance(value, types) or (minimum is not None and value < minimum)
-                or (maximum is not None and value > maximum)):
+        if (isinstance(value, bool) or not isinstance(value, types) or (minimum is not None and not value >= minimum)
+                or (maximum is not None and not value <= maximum)):
             raise ConfigError(f"{where} must be {expected}, got {value!r}")
         return value
 
     return check
 
 
-def integer(minimum: Optional[int] = None, maximum: Optional[int] = None, optional: bool = False) -> ValueCheck:
-    """A check that the value is an int (not a bool, not 1.5) within [minimum, maximum]; None passes
-    only when `optional`."""
-    return _bounded("an integer", (int,), minimum, maximum, optional)
+def integer(minimum: Optional[int] = None, maximum: Optional[int] = None, optional: bool = False,
+            expected: Optional[str] = None) -> ValueCheck:
+    """A check that the value is an integer (Python's or numpy's; not a bool, not 1.5) within [minimum,
+    maximum]; None passes only when `optional`; `expected` rewords the error's expectation."""
+    return _bounded("an integer", (numbers.Integral,), minimum, maximum, optional, expected)
 
 
-def number(minimum: Optional[float] = None, maximum: Optional[float] = None, optional: bool = False) -> ValueCheck:
-    """A check that the value is an int or float (not a bool, not a string) within [minimum, maximum];
-    None passes only when `optional`."""
-    return _bounded("a number", (int, float), minimum, maximum, optional)
+def number(minimum: Optional[float] = None, maximum: Optional[float] = None, optional: bool = False,
+           expected: Optional[str] = None) -> ValueCheck:
+    """A check that the value is a real number (not a bool, not a string) within [minimum, maximum]; None
+    passes only when `optional`; `expected` rewords the error's expectation."""
+    return _bounded("a number", (numbers.Real,), minimum, maximum, optional, expected)
 
 
 def boolean(value: Any, where: str) -> Any:
@@ -283,12 +274,69 @@ def boolean(value: Any, where: str) -> Any:
     return value
 
 
-def int_list(length: int, minimum: int = 1) -> ValueCheck:
-    """A check for a list of `length` integers >= `minimum`, e.g. Global.image_shape [3, 224, 224]; None passes."""
+def string(optional: bool = False) -> ValueCheck:
+    """A check that the value is a string; None passes only when `optional`."""
     def check(value: Any, where: str) -> Any:
-        if value is not None and (not isinstance(value, (list, tuple)) or len(value) != length or any(
-                isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value)):
-            raise ConfigError(f"{where} must be a list of {length} integers >= {minimum}, got {value!r}")
+        if not isinstance(value, str) and not (value is None and optional):
+            raise ConfigError(f"{where} must be a string{' or null' if optional else ''}, got {value!r}")
+        return value
+
+    return check
+
+
+def one_of(choices: Sequence[Any], expected: Optional[str] = None) -> ValueCheck:
+    """A check that the value is one of `choices` (True is not 1 here); `expected` rewords the error's
+    expectation (default: 'one of a, b, c')."""
+    expected = expected or f"one of {', '.join(map(str, choices))}"
+
+    def check(value: Any, where: str) -> Any:
+        if not any(value == choice and isinstance(value, bool) == isinstance(choice, bool) for choice in choices):
+            raise ConfigError(f"{where} must be {expected}, got {value!r}")
+        return value
+
+    return check
+
+
+def passes(check: ValueCheck, value: Any) -> bool:
+    """Whether `check` accepts `value` (for a caller that words its own error)."""
+    try:
+        check(value, "")
+    except ConfigError:
+        return False
+    return True
+
+
+def int_list(length: Optional[int], minimum: int = 1, maximum: Optional[int] = None, optional: bool = True,
+             expected: Optional[str] = None) -> ValueCheck:
+    """A check for a list of `length` integers (any length but 0 when None) within [minimum, maximum], e.g.
+    Global.image_shape [3, 224, 224]; None passes when `optional`; `expected` rewords the error."""
+    if expected is None:
+        bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        expected = f"a list of {length if length is not None else 'one or more'} integers {bounds}"
+    element = integer(minimum, maximum)
+
+    def check(value: Any, where: str) -> Any:
+        if value is None and optional:
+            return value
+        if (not isinstance(value, (list, tuple)) or not value or (length is not None and len(value) != length)
+                or not all(passes(element, item) for item in value)):
+            raise ConfigError(f"{where} must be {expected}, got {value!r}")
+        return value
+
+    return check
+
+
+def number_list(minimum: Optional[float] = None, optional: bool = False, expected: Optional[str] = None) -> ValueCheck:
+    """A check for a non-empty list of numbers >= `minimum` (e.g. Piecewise's `values`); None passes only
+    when `optional`; `expected` rewords the error."""
+    expected = expected or f"a list of numbers{f' >= {minimum}' if minimum is not None else ''}"
+    element = number(minimum)
+
+    def check(value: Any, where: str) -> Any:
+        if value is None and optional:
+            return value
+        if not isinstance(value, (list, tuple)) or not value or not all(passes(element, item) for item in value):
+            raise ConfigError(f"{where} must be {expected}, got {value!r}")
         return value
 
     return check

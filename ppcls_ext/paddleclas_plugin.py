@@ -20,18 +20,15 @@ from paddle.optimizer.lr import LRScheduler
 
 from ppcls_ext_hook import when_imported
 
-from .registry import create_model, list_models, paddleclas_arch_options
+from .registry import create_model, declarations, list_models, paddleclas_arch_options
 
 #: PaddleClas's layouts: the wheel (`paddleclas.ppcls`) and a source checkout (`ppcls`)
 PACKAGES = ("paddleclas.ppcls", "ppcls")
 ARCH_MODULES = tuple(f"{package}.arch" for package in PACKAGES)
 LR_MODULES = tuple(f"{package}.optimizer.learning_rate" for package in PACKAGES)
 #: the variants PaddleClas has its own class for -> their module under paddleclas.ppcls.arch.backbone.model_zoo
-PADDLECLAS_MODULES = {
-    **{f"MicroNet_M{i}": "micronet" for i in range(4)},
-    **{f"EfficientNetB{i}": "efficientnet" for i in range(8)},
-    **{f"EfficientNetV2_{v}": "efficientnet_v2" for v in ("S", "M", "L", "XL")},
-}
+#: (each family's declaration says)
+PADDLECLAS_MODULES = {d.name: d.paddleclas_module for d in declarations() if d.paddleclas_module is not None}
 
 
 def paddleclas_original(name: str, **kwargs) -> nn.Layer:

@@ -1,24 +1,28 @@
 """Model names (PaddleClas's) -> builder and per-model defaults: image sizes, eval crop, normalisation,
-regularisation and the official weights."""
+regularisation and the official weights. Each family registers its builder, the options a user may
+override and its declaration (`models.declaration`: one row per variant, beside its architecture table);
+everything here is read from those rows."""
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import logging
 import os
-from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 import paddle.nn as nn
 
 from .errors import UserError
 from .models import (
-    EFFICIENTNET_LITE_SCALING,
-    EFFICIENTNET_SCALING,
-    EFFICIENTNET_V2_VARIANTS,
-    MICRONET_SPECS,
+    EFFICIENTNET,
+    EFFICIENTNET_LITE,
+    EFFICIENTNET_V2,
+    MICRONET,
+    FamilyDeclaration,
     FeatureExtractor,
     ImageClassifier,
+    VariantDeclaration,
     efficientnet_lite,
     efficientnet_v2,
     efficientnet_variant,
@@ -28,13 +32,6 @@ from .models.layers import DATA_FORMATS, building_in
 from .weights import SourceNumerics, WeightsFile, load_weights_file, read_weights_file
 
 logger = logging.getLogger("ppcls_ext")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: EfficientNet-Lite's inception-style input, (x - 127) / 128 (MEAN_RGB / STDDEV_RGB of the official lite builder)
-LITE_MEAN = (127.0 / 255.0,) * 3
-LITE_STD = (128.0 / 255.0,) * 3
-OFFICIAL_WEIGHTS = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/{}_pretrained.pdparams"
 
 
 @dataclass(frozen=True)
@@ -70,62 +67,30 @@ class _Family:
     options: FrozenSet[str]  # keyword options a user may override besides class_num
 
 
-_EFFICIENTNET_OPTIONS = frozenset({"dropout", "drop_path_rate", "padding", "bn_epsilon", "recompute"})
-_FAMILIES: Dict[str, _Family] = {
-    "MicroNet": _Family(micronet, frozenset({"dropout"})),
-    "EfficientNet": _Family(efficientnet_variant, _EFFICIENTNET_OPTIONS),
-    "EfficientNetV2": _Family(efficientnet_v2, _EFFICIENTNET_OPTIONS),
-    "EfficientNetLite": _Family(efficientnet_lite, _EFFICIENTNET_OPTIONS),
-}
-
-# Top-1 (%) on ImageNet-1k reported by the papers / official repositories. B8 is AdvProp's and L2 Noisy
-# Student's (trained with extra unlabeled JFT images); V2-XL exists only pretrained on ImageNet-21k.
-_PAPER_TOP1 = {
-    "MicroNet_M0": 46.6, "MicroNet_M1": 51.4, "MicroNet_M2": 59.4, "MicroNet_M3": 62.5,
-    "EfficientNetB0": 77.1, "EfficientNetB1": 79.1, "EfficientNetB2": 80.1, "EfficientNetB3": 81.6,
-    "EfficientNetB4": 82.9, "EfficientNetB5": 83.6, "EfficientNetB6": 84.0, "EfficientNetB7": 84.3,
-    "EfficientNetB8": 85.5, "EfficientNetL2": 88.4,
-    "EfficientNetV2_S": 83.9, "EfficientNetV2_M": 85.1, "EfficientNetV2_L": 85.7, "EfficientNetV2_XL": 87.3,
-    "EfficientNetV2_B0": 78.7, "EfficientNetV2_B1": 79.8, "EfficientNetV2_B2": 80.5, "EfficientNetV2_B3": 82.1,
-    "EfficientNetLite0": 75.1, "EfficientNetLite1": 76.7, "EfficientNetLite2": 77.6, "EfficientNetLite3": 79.8,
-    "EfficientNetLite4": 81.5,
-}
-_HAS_OFFICIAL_WEIGHTS = {f"MicroNet_M{i}" for i in range(4)} | {f"EfficientNetB{i}" for i in range(8)} | {
-    f"EfficientNetV2_{v}" for v in ("S", "M", "L", "XL")}
+_FAMILIES: Dict[str, _Family] = {}
+_REGISTRY: Dict[str, ModelConfig] = {}
+_DECLARATIONS: Dict[str, VariantDeclaration] = {}
 
 
-def _config(name: str, family: str, variant: str, train_size: int, eval_size: int, crop_pct: float, crop_mode: str,
-            mean: Tuple[float, float, float], std: Tuple[float, float, float], dropout: float, drop_path_rate: float,
-            interpolation: str = "bilinear") -> ModelConfig:
-    return ModelConfig(
-        name=name, family=family, variant=variant, train_size=train_size, eval_size=eval_size, crop_pct=crop_pct,
-        crop_mode=crop_mode, interpolation=interpolation, mean=mean, std=std, dropout=dropout,
-        drop_path_rate=drop_path_rate, weights_url=OFFICIAL_WEIGHTS.format(name) if name in _HAS_OFFICIAL_WEIGHTS else None,
-        paper_top1=_PAPER_TOP1[name])
+def register_family(declaration: FamilyDeclaration, build: Callable[..., ImageClassifier], options: Collection[str]) -> None:
+    """Add a family's models: `build(variant, class_num=..., **options)` builds one, `options` are the keyword
+    options a user may override besides class_num, `declaration` gives every variant's defaults."""
+    if declaration.family in _FAMILIES:
+        raise ValueError(f"model family {declaration.family!r} is registered already")
+    taken = sorted(v.name for v in declaration if v.name in _REGISTRY)
+    if taken:
+        raise ValueError(f"{declaration.family}: model name(s) {taken} are registered already")
+    _FAMILIES[declaration.family] = _Family(build, frozenset(options))
+    for variant in declaration:
+        _DECLARATIONS[variant.name] = variant
+        _REGISTRY[variant.name] = ModelConfig(**{f.name: getattr(variant, f.name) for f in fields(ModelConfig)})
 
 
-def _build_registry() -> Dict[str, ModelConfig]:
-    configs = []
-    for variant, spec in MICRONET_SPECS.items():
-        configs.append(_config(f"MicroNet_{variant}", "MicroNet", variant, 224, 224, 0.875, "resize_short",
-                               IMAGENET_MEAN, IMAGENET_STD, spec.dropout, 0.0))
-    for variant, scaling in EFFICIENTNET_SCALING.items():
-        size = scaling.resolution
-        configs.append(_config(f"EfficientNet{variant}", "EfficientNet", variant, size, size, size / (size + 32),
-                               "resize_short", IMAGENET_MEAN, IMAGENET_STD, scaling.dropout, 0.2))
-    for variant, spec in EFFICIENTNET_V2_VARIANTS.items():
-        configs.append(_config(f"EfficientNetV2_{variant}", "EfficientNetV2", variant, spec.train_size, spec.eval_size,
-                               spec.eval_size / (spec.eval_size + 32), "crop_at_ratio", (0.5,) * 3, (0.5,) * 3,
-                               spec.dropout, 0.2))
-    for variant, scaling in EFFICIENTNET_LITE_SCALING.items():
-        # the official evaluation: centre crop of size / (size + 32) of the short side, bicubic resize
-        size = scaling.resolution
-        configs.append(_config(f"EfficientNet{variant}", "EfficientNetLite", variant, size, size, size / (size + 32),
-                               "crop_at_ratio", LITE_MEAN, LITE_STD, scaling.dropout, 0.2, interpolation="bicubic"))
-    return {config.name: config for config in configs}
-
-
-_REGISTRY = _build_registry()
+_EFFICIENTNET_OPTIONS = ("dropout", "drop_path_rate", "padding", "bn_epsilon", "recompute")
+register_family(MICRONET, micronet, ("dropout",))
+register_family(EFFICIENTNET, efficientnet_variant, _EFFICIENTNET_OPTIONS)
+register_family(EFFICIENTNET_V2, efficientnet_v2, _EFFICIENTNET_OPTIONS)
+register_family(EFFICIENTNET_LITE, efficientnet_lite, _EFFICIENTNET_OPTIONS)
 
 
 class UnknownModelError(UserError, KeyError, ValueError):
@@ -150,6 +115,44 @@ def get_model_config(name: str) -> ModelConfig:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(f"unknown model {name!r}.{hint} Available models: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
+
+
+def declarations() -> List[VariantDeclaration]:
+    """Every registered model's declaration, in zoo order (PaddleClas modules, progressive presets, recipes)."""
+    return list(_DECLARATIONS.values())
+
+
+def get_declaration(name: str) -> VariantDeclaration:
+    """The declaration of model `name` (its `ModelConfig` plus its spec, PaddleClas module, preset, recipe)."""
+    get_model_config(name)  # the unknown-name error
+    return _DECLARATIONS[name]
+
+
+def _normalize_args(mean: Sequence[float], std: Sequence[float]) -> Dict[str, Any]:
+    """NormalizeImage's arguments for (x / 255 - mean) / std. Whole pixel values (EfficientNet-Lite's 127 and
+    128) are written in pixel units with scale 1.0, as the official lite code states them; others in units of
+    x / 255 with scale 1.0/255.0."""
+    pixels = [v * 255.0 for v in (*mean, *std)]
+    if all(abs(p - round(p)) < 1e-6 for p in pixels):
+        return {"scale": 1.0, "mean": [float(round(v * 255.0)) for v in mean],
+                "std": [float(round(v * 255.0)) for v in std], "order": ""}
+    return {"scale": "1.0/255.0", "mean": list(mean), "std": list(std), "order": ""}
+
+
+def eval_transform_ops(name: str) -> List[Dict[str, Any]]:
+    """The evaluation preprocessing of model `name` as PaddleClas's op list (`DataLoader.Eval.dataset.transform_ops`:
+    decode, the crop its weights were evaluated with, normalise; HWC): what the shipped configs hold and what
+    `tools/export_model.py` assumes for a config that gives none."""
+    config = get_model_config(name)
+    ops: List[Dict[str, Any]] = [{"DecodeImage": {"to_rgb": True, "channel_first": False}}]
+    if config.crop_mode == "resize_short":
+        ops += [{"ResizeImage": {"resize_short": config.resize_short, "interpolation": config.interpolation}},
+                {"CropImage": {"size": config.eval_size}}]
+    else:
+        ops.append({"CropImageAtRatio": {"size": config.eval_size, "pad": config.resize_short - config.eval_size,
+                                         "interpolation": config.interpolation}})
+    ops.append({"NormalizeImage": _normalize_args(config.mean, config.std)})
+    return ops
 
 
 def _same_option(value: object, wanted: object) -> bool:

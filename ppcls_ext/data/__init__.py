@@ -1,8 +1,8 @@
 """Data pipeline pieces that speak PaddleClas: the ImageNet-format and class-per-folder datasets and their
 loader, image transform ops, batch ops (mixup/cutmix) and their builders, and the offline demo dataset."""
-from .batch_ops import BATCH_OPS, BatchCompose, CutmixOperator, MixupOperator, OpSampler, build_batch_ops
+from .batch_ops import BatchCompose, CutmixOperator, MixupOperator, OpSampler, build_batch_ops
+from .registries import BATCH_OPS, DATASETS, TRANSFORM_OPS
 from .transforms import (
-    TRANSFORM_OPS,
     AutoAugment,
     Compose,
     CropImage,

@@ -8,8 +8,13 @@ from typing import Callable, Dict, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from ..config import int_list
+from .registries import TRANSFORM_OPS
+
 ImageLike = Union[np.ndarray, Image.Image]
 Fill = Tuple[int, ...]
+#: the fill colour of the geometric operations' empty area
+FILL_COLOUR = int_list(3, 0, 255, optional=False, expected="3 values (R, G, B), each 0..255")
 
 AFFINE = Image.Transform.AFFINE
 NEAREST = Image.Resampling.NEAREST
@@ -181,14 +186,13 @@ def _autoaugment_operations(fill: Fill) -> Dict[str, Callable[[Image.Image, floa
     }
 
 
+@TRANSFORM_OPS.register
 class AutoAugment:
     """AutoAugment (arXiv:1805.09501), ImageNet policy: pick one sub-policy uniformly, then apply each of
     its two operations with its probability. Takes and returns an HWC uint8 array (or a PIL image)."""
 
     def __init__(self, fillcolor: Sequence[int] = (128, 128, 128)):
-        if len(fillcolor) != 3:
-            raise ValueError(f"AutoAugment: fillcolor must be 3 values (R, G, B), got {fillcolor!r}")
-        self.fillcolor = tuple(int(v) for v in fillcolor)
+        self.fillcolor = tuple(int(v) for v in FILL_COLOUR(fillcolor, "AutoAugment: fillcolor"))
         self._operations = _autoaugment_operations(self.fillcolor)
         self.policy = tuple(
             tuple((prob, name, autoaugment_value(name, index)) for prob, name, index in sub_policy)

@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import ConfigError
-from .transforms import build_op
+from ..config import ConfigError, integer, number, passes, single_entry
+from ..config_registry import ConfigRegistry
+from .registries import BATCH_OPS
 
 logger = logging.getLogger("ppcls_ext")
 
@@ -39,16 +40,17 @@ def soft_labels(labels: Sequence[Any], class_num: int, op: str) -> np.ndarray:
     return targets
 
 
+_CLASS_NUM = integer(1, expected="a positive int (set Arch.class_num)")
+_ALPHA = number(0, expected="a number >= 0 (0 turns mixing off)")
+_PROB = number(0, 1, expected="in [0, 1]")
+
+
 def _check_class_num(class_num: Any, op: str) -> int:
-    if isinstance(class_num, bool) or not isinstance(class_num, (int, np.integer)) or class_num < 1:
-        raise ValueError(f"{op}: class_num must be a positive int (set Arch.class_num), got {class_num!r}")
-    return int(class_num)
+    return int(_CLASS_NUM(class_num, f"{op}: class_num"))
 
 
 def _check_alpha(alpha: Any, op: str) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
-        raise ValueError(f"{op}: alpha must be a number >= 0 (0 turns mixing off), got {alpha!r}")
-    return float(alpha)
+    return float(_ALPHA(alpha, f"{op}: alpha"))
 
 
 def _stack_images(batch: Sequence[Sample], op: str) -> np.ndarray:
@@ -85,6 +87,12 @@ class _BatchMixer:
         return images, targets, np.random.permutation(len(batch)), float(np.random.beta(self.alpha, self.alpha))
 
 
+#: the batch ops OpSampler chooses between
+SAMPLED_OPS = ConfigRegistry("batch op", sort_names=False)
+
+
+@BATCH_OPS.register
+@SAMPLED_OPS.register
 class MixupOperator(_BatchMixer):
     """Mixup (arXiv:1710.09412): blend the batch with a permutation of itself by lam ~ Beta(alpha, alpha),
     labels alike. `alpha` may be reassigned between epochs; alpha 0 leaves the batch unmixed."""
@@ -102,6 +110,8 @@ class MixupOperator(_BatchMixer):
         return list(zip(images, targets))
 
 
+@BATCH_OPS.register
+@SAMPLED_OPS.register
 class CutmixOperator(_BatchMixer):
     """CutMix (arXiv:1905.04899): paste a box of area fraction about 1 - lam, lam ~ Beta(alpha, alpha),
     from a permutation of the batch; labels mix by the exact pasted area. `alpha` may be reassigned
@@ -135,9 +145,7 @@ class CutmixOperator(_BatchMixer):
         return list(zip(images, targets))
 
 
-SAMPLED_OPS: Dict[str, type] = {"MixupOperator": MixupOperator, "CutmixOperator": CutmixOperator}
-
-
+@BATCH_OPS.register
 class OpSampler:
     """Apply one of its ops per batch, op k with its `prob`; with the probability left over (1 - sum)
     the batch passes unmixed. Config: OpSampler: {MixupOperator: {alpha: 0.8, prob: 0.5}, ...}."""
@@ -147,18 +155,11 @@ class OpSampler:
         self.ops: List[Any] = []
         self.probs: List[float] = []
         for name, config in ops.items():
-            if name not in SAMPLED_OPS:
-                raise ValueError(f"OpSampler: unknown batch op {name!r}; valid: {', '.join(SAMPLED_OPS)}")
-            args = dict(config or {})
+            name, args = single_entry({name: config}, "OpSampler")
             if "prob" not in args:
                 logger.warning("OpSampler: %s has no 'prob'; it will never be applied (prob 0)", name)
-            prob = args.pop("prob", 0.0)
-            if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
-                raise ValueError(f"OpSampler: prob of {name} must be in [0, 1], got {prob!r}")
-            try:
-                self.ops.append(SAMPLED_OPS[name](class_num=self.class_num, **args))
-            except TypeError as error:
-                raise ValueError(f"OpSampler: bad arguments for {name}: {error}") from error
+            prob = _PROB(args.pop("prob", 0.0), f"OpSampler: prob of {name}")
+            self.ops.append(SAMPLED_OPS.build({name: args}, "OpSampler", class_num=self.class_num))
             self.probs.append(float(prob))
         total = sum(self.probs)
         if total > 1.0 + 1e-6:
@@ -168,9 +169,6 @@ class OpSampler:
     def __call__(self, batch: Sequence[Sample]) -> List[Tuple[np.ndarray, np.ndarray]]:
         op = random.choices(self.ops + [None], weights=self.probs + [self.none_prob], k=1)[0]
         return unmixed(batch, self.class_num, "OpSampler") if op is None else op(batch)
-
-
-BATCH_OPS: Dict[str, type] = {**SAMPLED_OPS, "OpSampler": OpSampler}
 
 
 class BatchCompose:
@@ -205,7 +203,7 @@ def build_batch_ops(op_configs: Optional[list], class_num: Optional[int], where:
     if not isinstance(op_configs, (list, tuple)):
         raise ConfigError(f"{where}: expected a list of batch ops like [{{MixupOperator: {{alpha: 0.2}}}}], "
                           f"got {op_configs!r}")
-    if isinstance(class_num, bool) or not isinstance(class_num, (int, np.integer)) or class_num < 1:
+    if not passes(_CLASS_NUM, class_num):
         raise ConfigError(f"{where}: batch ops need a positive Arch.class_num, got {class_num!r}")
-    return BatchCompose([build_op("batch op", BATCH_OPS, item, f"{where}[{index}]", class_num=int(class_num))
+    return BatchCompose([BATCH_OPS.build(item, f"{where}[{index}]", class_num=int(class_num))
                          for index, item in enumerate(op_configs)])

@@ -9,8 +9,9 @@ from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
 import numpy as np
 from paddle.io import Dataset, get_worker_info
 
-from ..config import ConfigError
+from ..config import ConfigError, string
 from ..errors import UserError
+from .registries import DATASETS
 
 logger = logging.getLogger("ppcls_ext")
 
@@ -102,6 +103,7 @@ def to_chw(image: np.ndarray) -> np.ndarray:
     return image
 
 
+@DATASETS.register(arguments={"image_root": string(), "cls_label_path": string(), "delimiter": string(optional=True)})
 class ImageNetDataset(Dataset):
     """PaddleClas's ImageNetDataset: yields (transformed image, label).
 

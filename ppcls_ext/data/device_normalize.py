@@ -18,7 +18,8 @@ import numpy as np
 import paddle
 
 from ..config import ConfigError
-from .transforms import Compose, NormalizeImage, ToCHWImage
+from .image_ops import NormalizeImage, ToCHWImage
+from .transforms import Compose
 
 #: the loader attribute holding its batch normaliser
 ATTRIBUTE = "device_normalize"

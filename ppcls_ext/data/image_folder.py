@@ -23,10 +23,11 @@ from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
-from ..config import ConfigError
+from ..config import ConfigError, string
 from ..output_paths import replaced_atomically
 from .dataset import ImageNetDataset, read_label_file
 from .image_io import IMAGE_EXTENSIONS, SIGNATURE_BYTES, image_format
+from .registries import DATASETS
 
 #: files that Windows Explorer writes into image folders (lower case), skipped like hidden files
 CLUTTER_FILES = frozenset({"thumbs.db", "desktop.ini"})
@@ -143,6 +144,8 @@ def write_text_file(path: str, text: str) -> None:
             f.write(text)
 
 
+@DATASETS.register(arguments={"image_root": string(), "cls_label_path": string(optional=True),
+                             "delimiter": string(optional=True)})
 class ImageFolderDataset(ImageNetDataset):
     """A class-per-folder dataset (see the module docstring): yields (transformed image, class id), ids in
     the sorted order of the class folders. Every image of the folder, or with `cls_label_path` only those

@@ -14,15 +14,15 @@ import paddle
 from paddle.io import DataLoader, DistributedBatchSampler, get_worker_info
 from paddle.io.dataloader.collate import default_collate_fn
 
-from ..config import ConfigError, build_from_registry, check_values, integer, section
+from ..config import ConfigError, check_values, integer, section
 from .batch_ops import build_batch_ops
 from .dataset import DataError, FailedSample, ImageNetDataset, IndexedDataset
 from .device_normalize import ATTRIBUTE as DEVICE_NORMALIZE
 from .device_normalize import split_normalization
-from .image_folder import ImageFolderDataset
+from .image_folder import ImageFolderDataset  # noqa: F401 (registered in DATASETS as it is imported)
+from .registries import DATASETS
 from .transforms import build_transforms
 
-DATASETS = {"ImageNetDataset": ImageNetDataset, "ImageFolderDataset": ImageFolderDataset}
 SAMPLERS = ("DistributedBatchSampler", "BatchSampler")
 #: PaddleClas's loader keys, and paddle.io.DataLoader's prefetch depth
 LOADER_KEYS = {"num_workers", "use_shared_memory", "prefetch_factor", "normalize_on_device"}
@@ -163,15 +163,12 @@ class InlineLoader:
 
 
 def build_dataset(dataset_cfg: Mapping[str, Any], where: str, skip_broken: bool) -> ImageNetDataset:
-    args = dict(dataset_cfg)
-    name = args.pop("name", None)
-    if name is None:
-        raise ConfigError(f"{where}.name is missing (e.g. ImageNetDataset or ImageFolderDataset)")
-    args.pop("batch_transform_ops", None)
-    args["transform_ops"] = build_transforms(args.pop("transform_ops", None) or [], f"{where}.transform_ops")
-    if name in DATASETS:
-        args["skip_broken"] = skip_broken
-    return build_from_registry("dataset", DATASETS, name, args, where)
+    """The dataset of `DataLoader.<mode>.dataset` (its batch_transform_ops are the loader's)."""
+    if not isinstance(dataset_cfg, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with name: <dataset> and its settings, got {dataset_cfg!r}")
+    args = {key: value for key, value in dataset_cfg.items() if key not in ("transform_ops", "batch_transform_ops")}
+    transforms = build_transforms(dataset_cfg.get("transform_ops") or [], f"{where}.transform_ops")
+    return DATASETS.build(args, where, transform_ops=transforms, skip_broken=skip_broken)
 
 
 def build_dataloader(
@@ -198,9 +195,7 @@ def build_dataloader(
     sampler_name = sampler_cfg.pop("name", "DistributedBatchSampler")
     if sampler_name not in SAMPLERS:
         raise ConfigError(f"{where}.sampler: unknown sampler {sampler_name!r}; valid: {', '.join(SAMPLERS)}")
-    batch_size = sampler_cfg.pop("batch_size", None)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"{where}.sampler.batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = integer(1, expected="a positive integer")(sampler_cfg.pop("batch_size", None), f"{where}.sampler.batch_size")
     source = IndexedDataset(dataset) if indexed else dataset
     sampler = DistributedBatchSampler(source, batch_size=batch_size, shuffle=bool(sampler_cfg.pop("shuffle", False)),
                                       drop_last=bool(sampler_cfg.pop("drop_last", False)))

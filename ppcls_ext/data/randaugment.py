@@ -8,8 +8,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from ..config import integer, number, number_list, one_of
 from . import autoaugment as ops
-from .autoaugment import ImageLike, random_sign, to_pil
+from .autoaugment import FILL_COLOUR, ImageLike, random_sign, to_pil
+from .registries import TRANSFORM_OPS
 
 PIL_RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -90,6 +92,7 @@ RANDAUGMENT_V2_OPS: Dict[str, LevelOp] = {
 }
 
 
+@TRANSFORM_OPS.register
 class RandAugment:
     """Apply `num_layers` operations drawn uniformly (numpy's global generator) from the table, each at
     the strength given by `magnitude` (0..10 nominal; read at every call). HWC uint8 array in and out."""
@@ -99,18 +102,10 @@ class RandAugment:
     def __init__(self, num_layers: int = 2, magnitude: float = 5, fillcolor: Sequence[int] = (128, 128, 128),
                  interpolation: str = "bicubic"):
         name = type(self).__name__
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 0:
-            raise ValueError(f"{name}: num_layers must be an integer >= 0, got {num_layers!r}")
-        if isinstance(magnitude, bool) or not isinstance(magnitude, (int, float)):
-            raise ValueError(f"{name}: magnitude must be a number (0..10 nominal), got {magnitude!r}")
-        if len(fillcolor) != 3:
-            raise ValueError(f"{name}: fillcolor must be 3 values (R, G, B), got {fillcolor!r}")
-        if interpolation not in PIL_RESAMPLE:
-            raise ValueError(f"{name}: interpolation must be one of {sorted(PIL_RESAMPLE)}, got {interpolation!r}")
-        self.num_layers = num_layers
-        self.magnitude = magnitude
-        self.fillcolor = tuple(int(v) for v in fillcolor)
-        self.interpolation = interpolation
+        self.num_layers = int(integer(0)(num_layers, f"{name}: num_layers"))
+        self.magnitude = number(expected="a number (0..10 nominal)")(magnitude, f"{name}: magnitude")
+        self.fillcolor = tuple(int(v) for v in FILL_COLOUR(fillcolor, f"{name}: fillcolor"))
+        self.interpolation = one_of(sorted(PIL_RESAMPLE))(interpolation, f"{name}: interpolation")
         self.resample = PIL_RESAMPLE[interpolation]
         self._names: List[str] = list(self.OPS)
 
@@ -126,6 +121,7 @@ class RandAugment:
         return np.asarray(pil)
 
 
+@TRANSFORM_OPS.register
 class RandAugmentV2(RandAugment):
     """PaddleClas's RandAugment for EfficientNetV2: the V2 ranges plus SolarizeAdd and Cutout.
     `progress_magnitude` (per-stage magnitudes for progressive learning) is kept for the trainer."""
@@ -135,4 +131,5 @@ class RandAugmentV2(RandAugment):
     def __init__(self, num_layers: int = 2, magnitude: float = 5, progress_magnitude: Optional[Sequence[float]] = None,
                  fillcolor: Sequence[int] = (128, 128, 128), interpolation: str = "bicubic"):
         super().__init__(num_layers, magnitude, fillcolor, interpolation)
+        number_list(optional=True)(progress_magnitude, "RandAugmentV2: progress_magnitude")
         self.progress_magnitude = None if progress_magnitude is None else list(progress_magnitude)

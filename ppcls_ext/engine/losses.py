@@ -7,21 +7,32 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..config import ConfigError, build_from_registry, single_entry
+from ..config import ConfigError, number, one_of, single_entry
+from ..config_registry import ConfigRegistry
+
+LOSSES = ConfigRegistry("loss")
+#: the weight of a loss in the total (every entry of a Loss list may set it)
+LOSS_WEIGHT = number()
+#: label smoothing: None, or a fraction of the target mass spread over the classes
+EPSILON = number(0, optional=True, expected="a number in [0, 1) or null")
 
 
+def check_epsilon(epsilon: Optional[float], where: str) -> float:
+    """A label-smoothing epsilon in [0, 1) (None: 0)."""
+    if EPSILON(epsilon, where) is not None and epsilon >= 1.0:
+        raise ConfigError(f"{where} must be a number in [0, 1) or null, got {epsilon!r}")
+    return float(epsilon or 0.0)
+
+
+@LOSSES.register
 class CELoss(nn.Layer):
     """Cross-entropy against integer labels or soft labels ([N, C], from mixup/cutmix), with optional
     label smoothing `epsilon` (the target becomes (1 - eps) * one_hot + eps / C)."""
 
     def __init__(self, epsilon: Optional[float] = None, reduction: str = "mean"):
         super().__init__()
-        if epsilon is not None and not 0.0 <= epsilon < 1.0:
-            raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
-        if reduction not in ("mean", "none"):
-            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-        self.epsilon = epsilon or 0.0
-        self.reduction = reduction
+        self.epsilon = check_epsilon(epsilon, "CELoss: epsilon")
+        self.reduction = one_of(("mean", "none"))(reduction, "CELoss: reduction")
 
     def forward(self, logits: paddle.Tensor, label: paddle.Tensor) -> paddle.Tensor:
         classes = logits.shape[-1]
@@ -33,9 +44,6 @@ class CELoss(nn.Layer):
             target = target * (1.0 - self.epsilon) + self.epsilon / classes
         loss = -(target * F.log_softmax(logits, axis=-1)).sum(axis=-1)
         return loss.mean() if self.reduction == "mean" else loss
-
-
-LOSSES = {"CELoss": CELoss}
 
 
 class CombinedLoss(nn.Layer):
@@ -59,7 +67,7 @@ def build_loss(entries: Any, where: str, reduction: str = "mean") -> CombinedLos
     terms = []
     for position, entry in enumerate(entries):
         name, args = single_entry(entry, f"{where}[{position}]")
-        weight = float(args.pop("weight", 1.0))
+        weight = float(LOSS_WEIGHT(args.pop("weight", 1.0), f"{where}[{position}].{name}.weight"))
         args.setdefault("reduction", reduction)
-        terms.append((name, weight, build_from_registry("loss", LOSSES, name, args, f"{where}[{position}]")))
+        terms.append((name, weight, LOSSES.build({name: args}, f"{where}[{position}]")))
     return CombinedLoss(terms)

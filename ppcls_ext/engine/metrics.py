@@ -2,22 +2,32 @@
 and the running means of the training log, kept on the device."""
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import paddle
 import paddle.distributed as dist
 
-from ..config import ConfigError, single_entry
+from ..config import ConfigError, int_list, integer
+from ..config_registry import ConfigRegistry
+
+METRICS = ConfigRegistry("metric")
+_K = integer(1, expected="a positive integer or a list of them")
+_KS = int_list(None, 1, optional=False, expected="a positive integer or a list of them")
 
 
+def check_topk(topk: Any, where: str) -> List[int]:
+    """`topk` as a list of positive integers (one integer is a list of one)."""
+    if isinstance(topk, (list, tuple)):
+        return [int(k) for k in _KS(topk, where)]
+    return [int(_K(topk, where))]
+
+
+@METRICS.register
 class TopkAcc:
     """Accuracy at each k of `topk`; k larger than the class count is capped at it."""
 
     def __init__(self, topk: Sequence[int] = (1, 5)):
-        topk = [topk] if isinstance(topk, int) else list(topk)
-        if not topk or any(not isinstance(k, int) or k < 1 for k in topk):
-            raise ValueError(f"topk must be positive integers, got {topk!r}")
-        self.topk = topk
+        self.topk = check_topk(topk, f"{type(self).__name__}: topk")
 
     def hits(self, logits: paddle.Tensor, label: paddle.Tensor) -> paddle.Tensor:
         """[N, len(topk)] float: 1 where the label is among the top k. Soft labels count by argmax."""
@@ -69,19 +79,12 @@ class RunningMeans:
         return {name: float(total / host[-1]) for name, total in zip(self.names, host[:-1])}
 
 
-METRICS = {"TopkAcc": TopkAcc}
-
-
 def build_metric(entries, where: str) -> TopkAcc:
     """The metric list of `Metric.<Train|Eval>`; TopkAcc is the one supported."""
     if not entries:
         return TopkAcc()
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: expected a list of metrics, e.g. [{{TopkAcc: {{topk: [1, 5]}}}}], got {entries!r}")
     if len(entries) != 1:
         raise ConfigError(f"{where}: only one metric (TopkAcc) is supported, got {len(entries)}")
-    name, args = single_entry(entries[0], f"{where}[0]")
-    if name not in METRICS:
-        raise ConfigError(f"{where}[0]: unknown metric {name!r}; valid: {', '.join(METRICS)}")
-    try:
-        return METRICS[name](**args)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where}[0]: bad arguments for {name}: {error}") from error
+    return METRICS.build(entries[0], f"{where}[0]")

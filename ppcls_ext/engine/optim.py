@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Set
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import paddle
 from paddle.optimizer.lr import LRScheduler
 
-from ..config import ConfigError, section
+from ..config import ConfigError, boolean, check_values, integer, number, number_list, string
+from ..config_registry import ConfigRegistry
 
 
 class WarmupSchedule(LRScheduler):
@@ -59,17 +60,69 @@ def _exponential(base: float, every: float, gamma: float, staircase: bool) -> Ca
     return lambda t: base * gamma ** (math.floor(t / every) if staircase else t / every)
 
 
-SCHEDULES = ("Constant", "Cosine", "Piecewise", "Step", "Exponential", "MultiStepDecay")
-_SCHEDULE_KEYS = {
-    "Constant": set(),
-    "Cosine": {"eta_min"},
-    "Piecewise": {"decay_epochs", "values"},
-    "Step": {"step_size", "gamma"},
-    "Exponential": {"gamma", "decay_epochs", "staircase"},
-    # step_each_epoch: PaddleClas's configs write it, its engine replaces it with the loader's length (as here)
-    "MultiStepDecay": {"milestones", "gamma", "step_each_epoch"},
-}
-_COMMON_KEYS = {"name", "learning_rate", "warmup_epoch", "warmup_start_lr", "by_epoch", "last_epoch"}
+class StepPlan(NamedTuple):
+    """The optimizer steps a schedule spans: all, those of the warmup, and those of one epoch."""
+
+    total: int
+    warmup: int
+    per_epoch: int
+
+    def at_epoch(self, epoch: float) -> int:
+        """The step at which a (possibly fractional) epoch ends."""
+        return int(round(float(epoch) * self.per_epoch))
+
+
+#: (learning rate at the end of warmup, decay(steps after warmup))
+Decay = Tuple[float, Callable[[int], float]]
+#: the `Optimizer.lr` keys every schedule takes (read by `build_lr_schedule`; `last_epoch` is PaddleClas's and unused)
+WARMUP_KEYS = {"warmup_epoch": number(0), "warmup_start_lr": number(0), "by_epoch": boolean, "last_epoch": integer()}
+SCHEDULES = ConfigRegistry("learning-rate schedule", name_key="name", shared=WARMUP_KEYS, sort_names=False)
+_RATE, _EPOCHS, _GAMMA = number(0), number(0), number()
+
+
+@SCHEDULES.register(name="Constant", arguments={"learning_rate": _RATE})
+def constant(learning_rate: float, plan: StepPlan) -> Decay:
+    base = float(learning_rate)
+    return base, lambda t: base
+
+
+@SCHEDULES.register(name="Cosine", arguments={"learning_rate": _RATE, "eta_min": _RATE})
+def cosine(learning_rate: float, plan: StepPlan, eta_min: float = 0.0) -> Decay:
+    return float(learning_rate), _cosine(float(learning_rate), plan.total - plan.warmup, float(eta_min))
+
+
+@SCHEDULES.register(name="Piecewise", arguments={"decay_epochs": number_list(0), "values": number_list(0),
+                                                 "learning_rate": number(0, optional=True)})
+def piecewise(decay_epochs: Sequence[float], values: Sequence[float], plan: StepPlan,
+              learning_rate: Optional[float] = None) -> Decay:
+    """`learning_rate`: PaddleClas's configs write it, as every schedule takes it; `values[0]` is the rate."""
+    if len(values) != len(decay_epochs) + 1:
+        raise ValueError(f"Piecewise needs one more value than decay_epochs, got {len(values)} values and "
+                         f"{len(decay_epochs)} decay_epochs")
+    values = [float(v) for v in values]
+    return values[0], _piecewise([plan.at_epoch(e) for e in decay_epochs], values)
+
+
+@SCHEDULES.register(name="Step", arguments={"learning_rate": _RATE, "step_size": _EPOCHS, "gamma": _GAMMA})
+def step(learning_rate: float, step_size: float, gamma: float, plan: StepPlan) -> Decay:
+    return float(learning_rate), _step(float(learning_rate), plan.at_epoch(step_size), float(gamma))
+
+
+@SCHEDULES.register(name="Exponential", arguments={"learning_rate": _RATE, "gamma": _GAMMA, "decay_epochs": _EPOCHS,
+                                                   "staircase": boolean})
+def exponential(learning_rate: float, gamma: float, plan: StepPlan, decay_epochs: float = 1.0,
+                staircase: bool = True) -> Decay:
+    base = float(learning_rate)
+    return base, _exponential(base, float(decay_epochs) * plan.per_epoch, float(gamma), staircase)
+
+
+@SCHEDULES.register(name="MultiStepDecay", arguments={"learning_rate": _RATE, "milestones": number_list(0),
+                                                      "gamma": _GAMMA, "step_each_epoch": None})
+def multi_step_decay(learning_rate: float, milestones: Sequence[float], plan: StepPlan, gamma: float = 0.1,
+                     step_each_epoch: Any = None) -> Decay:
+    """`step_each_epoch`: PaddleClas's configs write it, its engine replaces it with the loader's length (as here)."""
+    base, steps = float(learning_rate), [plan.at_epoch(e) for e in milestones]
+    return base, _piecewise(steps, [base * float(gamma) ** i for i in range(len(steps) + 1)])
 
 
 def build_lr_schedule(cfg: Mapping[str, Any], epochs: int, steps_per_epoch: int, where: str = "Optimizer.lr") -> WarmupSchedule:
@@ -80,37 +133,12 @@ def build_lr_schedule(cfg: Mapping[str, Any], epochs: int, steps_per_epoch: int,
     staircase=True) · MultiStepDecay(learning_rate, milestones [epochs], gamma=0.1) · Constant(learning_rate);
     all with warmup_epoch, warmup_start_lr and by_epoch.
     """
-    name = cfg.get("name")
-    if name not in SCHEDULES:
-        raise ConfigError(f"{where}.name: unknown learning-rate schedule {name!r}; valid: {', '.join(SCHEDULES)}")
-    unknown = set(cfg) - _COMMON_KEYS - _SCHEDULE_KEYS[name]
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} for {name}; known: "
-                          f"{sorted(_COMMON_KEYS | _SCHEDULE_KEYS[name])}")
-    total = epochs * steps_per_epoch
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with name: <schedule> and its settings, got {cfg!r}")
+    check_values(cfg, WARMUP_KEYS, where)  # before the warmup is counted (the build checks them again)
     warmup = int(round(float(cfg.get("warmup_epoch", 0)) * steps_per_epoch))
-    if name == "Piecewise":
-        values = [float(v) for v in section(cfg, "values")]
-        boundaries = [int(round(float(e) * steps_per_epoch)) for e in section(cfg, "decay_epochs")]
-        if len(values) != len(boundaries) + 1:
-            raise ConfigError(f"{where}: Piecewise needs one more value than decay_epochs, got {len(values)} and {len(boundaries)}")
-        base, decay = values[0], _piecewise(boundaries, values)
-    else:
-        base = float(section(cfg, "learning_rate"))
-        if name == "Constant":
-            decay = lambda t: base  # noqa: E731
-        elif name == "Cosine":
-            decay = _cosine(base, total - warmup, float(cfg.get("eta_min", 0.0)))
-        elif name == "Step":
-            decay = _step(base, int(round(float(section(cfg, "step_size")) * steps_per_epoch)), float(section(cfg, "gamma")))
-        elif name == "MultiStepDecay":
-            milestones = [int(round(float(e) * steps_per_epoch)) for e in section(cfg, "milestones")]
-            gamma = float(cfg.get("gamma", 0.1))
-            decay = _piecewise(milestones, [base * gamma ** i for i in range(len(milestones) + 1)])
-        else:
-            decay = _exponential(base, float(cfg.get("decay_epochs", 1.0)) * steps_per_epoch, float(section(cfg, "gamma")),
-                                 bool(cfg.get("staircase", True)))
-    return WarmupSchedule(name, base, decay, warmup, float(cfg.get("warmup_start_lr", 0.0)), steps_per_epoch,
+    base, decay = SCHEDULES.build(cfg, where, plan=StepPlan(epochs * steps_per_epoch, warmup, steps_per_epoch))
+    return WarmupSchedule(cfg["name"], base, decay, warmup, float(cfg.get("warmup_start_lr", 0.0)), steps_per_epoch,
                           bool(cfg.get("by_epoch", False)))
 
 
@@ -211,24 +239,43 @@ def update_skipped(scaler: paddle.amp.GradScaler) -> bool:
     return found
 
 
-# name -> (constructor, {PaddleClas key: Paddle argument})
-OPTIMIZERS: Dict[str, tuple] = {
-    "Momentum": (paddle.optimizer.Momentum, {"momentum": "momentum", "use_nesterov": "use_nesterov"}),
-    "SGD": (paddle.optimizer.SGD, {}),
-    "RMSProp": (RMSPropTF, {"momentum": "momentum", "rho": "rho", "epsilon": "epsilon", "centered": "centered",
-                           "tf_style": "tf_style"}),
-    "AdamW": (paddle.optimizer.AdamW, {"beta1": "beta1", "beta2": "beta2", "epsilon": "epsilon"}),
-}
-_OPTIMIZER_KEYS = {"name", "lr", "regularizer", "weight_decay", "no_weight_decay_name",
-                   "one_dim_param_no_weight_decay", "clip_norm", "multi_precision"}
+def check_regularizer(value: Any, where: str) -> Any:
+    """PaddleClas's `regularizer: {name: L2, coeff: 1e-5}` (None or empty: none)."""
+    if not value:
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping like {{name: L2, coeff: 1.0e-5}}, got {value!r}")
+    if str(value.get("name", "L2")).upper() != "L2":
+        raise ConfigError(f"{where}.name: only L2 is supported, got {value.get('name')!r}")
+    number(0)(value.get("coeff", 0.0), f"{where}.coeff")
+    return value
 
 
-def _weight_decay(cfg: Mapping[str, Any], where: str) -> float:
+def check_lr_section(value: Any, where: str) -> Any:
+    """`Optimizer.lr` is a section (`build_lr_schedule` reads it)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping like {{name: Cosine, learning_rate: 0.1}}, got {value!r}")
+    return value
+
+
+#: the `Optimizer` keys every optimizer takes, read by `build_optimizer` (`lr` by `build_lr_schedule`)
+OPTIMIZER_KEYS = {"lr": check_lr_section, "regularizer": check_regularizer, "weight_decay": number(0, optional=True),
+                  "no_weight_decay_name": string(optional=True), "one_dim_param_no_weight_decay": boolean,
+                  "clip_norm": number(0, optional=True, expected="a positive number"), "multi_precision": boolean}
+OPTIMIZERS = ConfigRegistry("optimizer", name_key="name", shared=OPTIMIZER_KEYS, sort_names=False)
+_MOMENTUM, _EPSILON, _FRACTION = number(0), number(0), number(0, 1)
+OPTIMIZERS.register(paddle.optimizer.Momentum, name="Momentum", arguments={"momentum": _MOMENTUM, "use_nesterov": boolean})
+OPTIMIZERS.register(paddle.optimizer.SGD, name="SGD", arguments={})
+OPTIMIZERS.register(RMSPropTF, name="RMSProp", arguments={"momentum": _MOMENTUM, "rho": _FRACTION, "epsilon": _EPSILON,
+                                                          "centered": boolean, "tf_style": boolean})
+OPTIMIZERS.register(paddle.optimizer.AdamW, name="AdamW", arguments={"beta1": _FRACTION, "beta2": _FRACTION,
+                                                                      "epsilon": _EPSILON})
+
+
+def _weight_decay(cfg: Mapping[str, Any]) -> float:
     """`regularizer: {name: L2, coeff}` (or AdamW's `weight_decay`) as a coefficient."""
     regularizer = cfg.get("regularizer")
     if regularizer:
-        if str(regularizer.get("name", "L2")).upper() != "L2":
-            raise ConfigError(f"{where}.regularizer.name: only L2 is supported, got {regularizer.get('name')!r}")
         return float(regularizer.get("coeff", 0.0))
     return float(cfg.get("weight_decay", 0.0) or 0.0)
 
@@ -272,38 +319,24 @@ def build_optimizer(cfg: Mapping[str, Any], model: paddle.nn.Layer, schedule: LR
     (`one_dim_param_no_weight_decay: True`), gradient clipping by the global norm over all parameters
     (`clip_norm`) and float32 master weights for float16 parameters (`multi_precision`, all optimizers).
     Each parameter keeps its learning-rate multiplier (`lr_multiplier`); frozen parameters are left out."""
-    name = cfg.get("name")
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"{where}.name: unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-    constructor, key_map = OPTIMIZERS[name]
-    unknown = set(cfg) - _OPTIMIZER_KEYS - set(key_map)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} for {name}; known: {sorted(_OPTIMIZER_KEYS | set(key_map))}")
-    coeff = _weight_decay(cfg, where)
-    no_decay_names = str(cfg.get("no_weight_decay_name") or "").split()
-    decayed, exempt = decay_groups(list(model.named_parameters()), no_decay_names, bool(cfg.get("one_dim_param_no_weight_decay", False)))
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with name: <optimizer> and its settings, got {cfg!r}")
+    check_values(cfg, OPTIMIZER_KEYS, where)  # before they are read (the build checks them again)
+    coeff = _weight_decay(cfg)
+    no_decay_names = (cfg.get("no_weight_decay_name") or "").split()
+    decayed, exempt = decay_groups(list(model.named_parameters()), no_decay_names, cfg.get("one_dim_param_no_weight_decay", False))
     if not decayed and not exempt:
         raise ConfigError(f"{where}: the model has no trainable parameter (all frozen, e.g. by Arch.freeze_befor or "
                           "zeros in Arch.lr_mult_list): nothing to train")
-    args = {key_map[key]: value for key, value in cfg.items() if key in key_map}
-    if name == "AdamW":
+    if cfg.get("name") == "AdamW":  # Paddle's AdamW decays the parameters its function names, in one group
         exempt_names = {p.name for p in exempt}
-        args.update(parameters=decayed + exempt, weight_decay=coeff,
-                    apply_decay_param_fun=lambda param_name: param_name not in exempt_names)
+        args = dict(parameters=decayed + exempt, apply_decay_param_fun=lambda param_name: param_name not in exempt_names)
     else:
-        args.update(parameters=param_groups(decayed, exempt, coeff), weight_decay=coeff)
+        args = dict(parameters=param_groups(decayed, exempt, coeff))
     if "multi_precision" in cfg:
-        args["multi_precision"] = bool(cfg["multi_precision"])
+        args["multi_precision"] = cfg["multi_precision"]
+    wrap = None
     if cfg.get("clip_norm"):
-        try:
-            clip_norm = float(cfg["clip_norm"])
-        except (TypeError, ValueError):
-            clip_norm = float("nan")
-        if not clip_norm > 0:
-            raise ConfigError(f"{where}.clip_norm must be a positive number, got {cfg['clip_norm']!r}")
-        constructor = _with_global_norm_clipping(constructor)
-        args.update(global_clip_norm=clip_norm, clipped=decayed + exempt)
-    try:
-        return constructor(learning_rate=schedule, **args)
-    except TypeError as error:
-        raise ConfigError(f"{where}: bad arguments for {name}: {error}") from error
+        wrap = _with_global_norm_clipping
+        args.update(global_clip_norm=float(cfg["clip_norm"]), clipped=decayed + exempt)
+    return OPTIMIZERS.build(cfg, where, wrap=wrap, learning_rate=schedule, weight_decay=coeff, **args)

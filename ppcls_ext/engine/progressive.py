@@ -17,20 +17,18 @@ from ..config import ConfigError
 from ..data.batch_ops import CutmixOperator, MixupOperator
 from ..data.transforms import RandAugment, RandCropImage
 from ..models.base import stage_dropout_rates
+from ..models.efficientnet_v2 import PROGRESSIVE_PRESETS
+from ..registry import declarations
 
 logger = logging.getLogger("ppcls_ext")
 
 KNOBS = ("image_size", "magnitude", "mixup_alpha", "cutmix_alpha", "dropout")
 TRAIN_MODES = ("progressive", "efficientnetv2")  # ours and PaddleClas's names for it
 
-#: the paper's Table 6 (start -> end over the stages); the official code differs, see the README
-PRESETS: Dict[str, Dict[str, Sequence[float]]] = {
-    "S": {"image_size": (128, 300), "magnitude": (5, 15), "mixup_alpha": (0, 0), "cutmix_alpha": (0, 0), "dropout": (0.1, 0.3)},
-    "M": {"image_size": (128, 380), "magnitude": (5, 20), "mixup_alpha": (0, 0.2), "cutmix_alpha": (0, 0), "dropout": (0.1, 0.4)},
-    "L": {"image_size": (128, 380), "magnitude": (5, 25), "mixup_alpha": (0, 0.4), "cutmix_alpha": (0, 0), "dropout": (0.1, 0.5)},
-}
-#: the preset a model uses when the config names none (XL, absent from Table 6, takes L's)
-MODEL_PRESETS = {"EfficientNetV2_S": "S", "EfficientNetV2_M": "M", "EfficientNetV2_L": "L", "EfficientNetV2_XL": "L"}
+#: the paper's Table 6 (start -> end over the stages), declared with the EfficientNetV2 family
+PRESETS: Dict[str, Dict[str, Sequence[float]]] = PROGRESSIVE_PRESETS
+#: the preset a model uses when the config names none (each family's declaration says; XL, absent from Table 6, takes L's)
+MODEL_PRESETS = {d.name: d.progressive_preset for d in declarations() if d.progressive_preset is not None}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ import paddle
 import paddle.nn as nn
 
 from .base import ImageClassifier, initialize_once
+from .declaration import (IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, PADDLECLAS_PRETRAINED, declare_family, row,
+                          tf_crop_pct)
 from .layers import (ActLayer, ConvBNAct, DropPath, PaddingMode, SiLU, SqueezeExcite, global_avg_pool, make_divisible,
                      round_repeats)
 from .numerics import Numerics
@@ -223,19 +225,37 @@ class Scaling(NamedTuple):
     dropout: float
 
 
-#: the official (width, depth, resolution, dropout) of every named EfficientNet
-EFFICIENTNET_SCALING: Dict[str, Scaling] = {
-    "B0": Scaling(1.0, 1.0, 224, 0.2),
-    "B1": Scaling(1.0, 1.1, 240, 0.2),
-    "B2": Scaling(1.1, 1.2, 260, 0.3),
-    "B3": Scaling(1.2, 1.4, 300, 0.3),
-    "B4": Scaling(1.4, 1.8, 380, 0.4),
-    "B5": Scaling(1.6, 2.2, 456, 0.4),
-    "B6": Scaling(1.8, 2.6, 528, 0.5),
-    "B7": Scaling(2.0, 3.1, 600, 0.5),
-    "B8": Scaling(2.2, 3.6, 672, 0.5),
-    "L2": Scaling(4.3, 5.3, 800, 0.5),
-}
+def scaling_facts(scaling: Scaling) -> Dict[str, object]:
+    """What a Scaling row fixes: train and evaluate at its resolution (the official eval crop, a centre
+    crop of size / (size + 32) of the short side) and its dropout."""
+    size = scaling.resolution
+    return {"train_size": size, "eval_size": size, "crop_pct": tf_crop_pct(size), "dropout": scaling.dropout}
+
+
+#: every named EfficientNet: the official (width, depth, resolution, dropout), the paper's top-1 (%) - B8
+#: AdvProp's and L2 Noisy Student's (trained with extra unlabeled JFT images) - and the shipped recipe's
+#: per-device batch; see `declaration` for the rest
+EFFICIENTNET = declare_family(
+    "EfficientNet", "EfficientNet{}",
+    defaults=dict(
+        crop_mode="resize_short", interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD, drop_path_rate=0.2,
+        weights_url=PADDLECLAS_PRETRAINED, paddleclas_module="efficientnet", progressive_preset=None, weight_decay=1.0e-5,
+    ),
+    derive=scaling_facts,
+    rows=[
+        row("B0", Scaling(1.0, 1.0, 224, 0.2), paper_top1=77.1, batch_size=128),
+        row("B1", Scaling(1.0, 1.1, 240, 0.2), paper_top1=79.1, batch_size=96),
+        row("B2", Scaling(1.1, 1.2, 260, 0.3), paper_top1=80.1, batch_size=96),
+        row("B3", Scaling(1.2, 1.4, 300, 0.3), paper_top1=81.6, batch_size=64),
+        row("B4", Scaling(1.4, 1.8, 380, 0.4), paper_top1=82.9, batch_size=32),
+        row("B5", Scaling(1.6, 2.2, 456, 0.4), paper_top1=83.6, batch_size=16),
+        row("B6", Scaling(1.8, 2.6, 528, 0.5), paper_top1=84.0, batch_size=12),
+        row("B7", Scaling(2.0, 3.1, 600, 0.5), paper_top1=84.3, batch_size=8),
+        row("B8", Scaling(2.2, 3.6, 672, 0.5), paper_top1=85.5, batch_size=6, weights_url=None, paddleclas_module=None),
+        row("L2", Scaling(4.3, 5.3, 800, 0.5), paper_top1=88.4, batch_size=2, weights_url=None, paddleclas_module=None),
+    ],
+)
+EFFICIENTNET_SCALING: Dict[str, Scaling] = EFFICIENTNET.specs()
 
 
 def compound_scaling(phi: float, alpha: float = 1.2, beta: float = 1.1, gamma: float = 1.15,
@@ -291,14 +311,24 @@ def efficientnet_variant(variant: str, class_num: int = 1000, dropout: Optional[
 
 # --- EfficientNet-Lite ----------------------------------------------------------------------------
 
-#: the official (width, depth, resolution, dropout) of EfficientNet-Lite0-4 (efficientnet_lite_builder.py)
-EFFICIENTNET_LITE_SCALING: Dict[str, Scaling] = {
-    "Lite0": Scaling(1.0, 1.0, 224, 0.2),
-    "Lite1": Scaling(1.0, 1.1, 240, 0.2),
-    "Lite2": Scaling(1.1, 1.2, 260, 0.3),
-    "Lite3": Scaling(1.2, 1.4, 280, 0.3),
-    "Lite4": Scaling(1.4, 1.8, 300, 0.3),
-}
+#: EfficientNet-Lite0-4: the official (width, depth, resolution, dropout) (efficientnet_lite_builder.py) and
+#: top-1 (%); evaluated as officially: centre crop of size / (size + 32) of the short side, bicubic resize
+EFFICIENTNET_LITE = declare_family(
+    "EfficientNetLite", "EfficientNet{}",
+    defaults=dict(
+        crop_mode="crop_at_ratio", interpolation="bicubic", mean=LITE_MEAN, std=LITE_STD, drop_path_rate=0.2,
+        weights_url=None, paddleclas_module=None, progressive_preset=None, batch_size=128, weight_decay=1.0e-5,
+    ),
+    derive=scaling_facts,
+    rows=[
+        row("Lite0", Scaling(1.0, 1.0, 224, 0.2), paper_top1=75.1),
+        row("Lite1", Scaling(1.0, 1.1, 240, 0.2), paper_top1=76.7),
+        row("Lite2", Scaling(1.1, 1.2, 260, 0.3), paper_top1=77.6),
+        row("Lite3", Scaling(1.2, 1.4, 280, 0.3), paper_top1=79.8),
+        row("Lite4", Scaling(1.4, 1.8, 300, 0.3), paper_top1=81.5),
+    ],
+)
+EFFICIENTNET_LITE_SCALING: Dict[str, Scaling] = EFFICIENTNET_LITE.specs()
 
 
 @initialize_once

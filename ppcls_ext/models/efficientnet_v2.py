@@ -9,9 +9,10 @@ padding computed from the actual input instead of PaddleClas's table for 384 px.
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 from .base import initialize_once
+from .declaration import HALF_MEAN, HALF_STD, PADDLECLAS_PRETRAINED, declare_family, row, tf_crop_pct
 from .efficientnet import EfficientNet, StageSpec
 from .layers import make_divisible
 
@@ -55,17 +56,48 @@ _XL = _stages(
     ("mbconv", 8, 1, 6, 640, 0.25),
 )
 
-#: stem, stages, (width, depth) multipliers, official train/eval sizes and dropout of every variant
-EFFICIENTNET_V2_VARIANTS: Dict[str, V2Variant] = {
-    "S": V2Variant(24, _S, 1.0, 1.0, 300, 384, 0.2),
-    "M": V2Variant(24, _M, 1.0, 1.0, 384, 480, 0.3),
-    "L": V2Variant(32, _L, 1.0, 1.0, 384, 480, 0.4),
-    "XL": V2Variant(32, _XL, 1.0, 1.0, 384, 512, 0.4),
-    "B0": V2Variant(32, _BASE, 1.0, 1.0, 192, 224, 0.2),
-    "B1": V2Variant(32, _BASE, 1.0, 1.1, 192, 240, 0.2),
-    "B2": V2Variant(32, _BASE, 1.1, 1.2, 208, 260, 0.3),
-    "B3": V2Variant(32, _BASE, 1.2, 1.4, 240, 300, 0.3),
+#: progressive learning, the paper's Table 6 (start -> end over the stages; the official code ramps RandAugment
+#: 5 -> 10 / 15 / 20 instead). Read by `engine.progressive` (its PRESETS).
+PROGRESSIVE_PRESETS: Dict[str, Dict[str, Sequence[float]]] = {
+    "S": {"image_size": (128, 300), "magnitude": (5, 15), "mixup_alpha": (0, 0), "cutmix_alpha": (0, 0), "dropout": (0.1, 0.3)},
+    "M": {"image_size": (128, 380), "magnitude": (5, 20), "mixup_alpha": (0, 0.2), "cutmix_alpha": (0, 0), "dropout": (0.1, 0.4)},
+    "L": {"image_size": (128, 380), "magnitude": (5, 25), "mixup_alpha": (0, 0.4), "cutmix_alpha": (0, 0), "dropout": (0.1, 0.5)},
 }
+
+
+def _v2_facts(spec: V2Variant) -> Dict[str, object]:
+    """What a V2Variant row fixes: its train / eval sizes (centre crop of size / (size + 32), then resize, as
+    the official eval) and its dropout."""
+    return {"train_size": spec.train_size, "eval_size": spec.eval_size, "crop_pct": tf_crop_pct(spec.eval_size),
+            "dropout": spec.dropout}
+
+
+#: PaddleClas has a class and pretrained weights for S, M, L and XL
+_PADDLECLAS = dict(weights_url=PADDLECLAS_PRETRAINED, paddleclas_module="efficientnet_v2")
+
+#: every EfficientNetV2: stem, stages, (width, depth) multipliers, official train/eval sizes and dropout, then the
+#: paper's top-1 (%; XL's after ImageNet-21k pre-training, the only one published), the shipped recipe's per-device
+#: batch and, for the progressively trained S-XL, the preset of Table 6 (XL, absent from it, takes L's)
+EFFICIENTNET_V2 = declare_family(
+    "EfficientNetV2", "EfficientNetV2_{}",
+    defaults=dict(
+        crop_mode="crop_at_ratio", interpolation="bilinear", mean=HALF_MEAN, std=HALF_STD, drop_path_rate=0.2,
+        weights_url=None, paddleclas_module=None, progressive_preset=None, weight_decay=1.0e-5,
+    ),
+    derive=_v2_facts,
+    presets=PROGRESSIVE_PRESETS,
+    rows=[
+        row("S", V2Variant(24, _S, 1.0, 1.0, 300, 384, 0.2), paper_top1=83.9, batch_size=64, progressive_preset="S", **_PADDLECLAS),
+        row("M", V2Variant(24, _M, 1.0, 1.0, 384, 480, 0.3), paper_top1=85.1, batch_size=32, progressive_preset="M", **_PADDLECLAS),
+        row("L", V2Variant(32, _L, 1.0, 1.0, 384, 480, 0.4), paper_top1=85.7, batch_size=16, progressive_preset="L", **_PADDLECLAS),
+        row("XL", V2Variant(32, _XL, 1.0, 1.0, 384, 512, 0.4), paper_top1=87.3, batch_size=8, progressive_preset="L", **_PADDLECLAS),
+        row("B0", V2Variant(32, _BASE, 1.0, 1.0, 192, 224, 0.2), paper_top1=78.7, batch_size=128),
+        row("B1", V2Variant(32, _BASE, 1.0, 1.1, 192, 240, 0.2), paper_top1=79.8, batch_size=128),
+        row("B2", V2Variant(32, _BASE, 1.1, 1.2, 208, 260, 0.3), paper_top1=80.5, batch_size=96),
+        row("B3", V2Variant(32, _BASE, 1.2, 1.4, 240, 300, 0.3), paper_top1=82.1, batch_size=64),
+    ],
+)
+EFFICIENTNET_V2_VARIANTS: Dict[str, V2Variant] = EFFICIENTNET_V2.specs()
 
 
 class EfficientNetV2(EfficientNet):

@@ -21,11 +21,16 @@ from .predict import classify_files, collect_images, dygraph_runner
 logger = logging.getLogger("ppcls_ext")
 
 
-def infer_transforms(config: Mapping[str, Any]) -> List[Any]:
-    """Infer.transforms (PaddleClas's choice), else the evaluation transforms in CHW layout. A difference
-    between the two is logged: the deployed model would not see what was evaluated."""
+def infer_transforms(config: Mapping[str, Any], model_name: Optional[str] = None) -> List[Any]:
+    """Infer.transforms (PaddleClas's choice), else the evaluation transforms in CHW layout, else (neither
+    given) the evaluation preprocessing declared for zoo model `model_name` (`registry.eval_transform_ops`).
+    A difference between the first two is logged: the deployed model would not see what was evaluated."""
     infer = (config.get("Infer") or {}).get("transforms")
-    evaluated = section(config, "DataLoader.Eval.dataset.transform_ops", required=not infer)
+    eval_path = "DataLoader.Eval.dataset.transform_ops"
+    if not infer and not section(config, eval_path, required=False) and model_name in registry.list_models():
+        logger.info("no Infer.transforms or %s: using %s's declared evaluation preprocessing", eval_path, model_name)
+        return registry.eval_transform_ops(model_name) + [{"ToCHWImage": None}]
+    evaluated = section(config, eval_path, required=not infer)
     if infer and evaluated and deploy_transforms(infer) != deploy_transforms(evaluated):
         logger.warning("Infer.transforms differ from DataLoader.Eval.dataset.transform_ops; "
                        "inference uses Infer.transforms")
@@ -88,7 +93,7 @@ def export_model(model: paddle.nn.Layer, model_name: str, config: Mapping[str, A
     names = [post.label_names.get(i, str(i)) for i in range(class_num)] if post.label_names else None
     image_shape = glob.get("image_shape") or default_image_shape(model_name)
     softmax = bool(glob.get("infer_add_softmax", True))
-    description = inference_config(model_name, deploy_transforms(infer_transforms(config)), post.topk, names,
+    description = inference_config(model_name, deploy_transforms(infer_transforms(config, model_name)), post.topk, names,
                                    image_shape, softmax)
     folded = bool(glob.get("export_deploy_form", True))
     path = export_inference_model(deploy_form(model) if folded else model, save_dir, description, softmax=softmax,

@@ -14,24 +14,36 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ...config import ConfigError, build_from_registry, single_entry
-from ..losses import CELoss
+from ...config import ConfigError, boolean, number, one_of, single_entry, string
+from ...config_registry import ConfigRegistry, check_arguments
+from ..losses import LOSS_WEIGHT, CELoss, check_epsilon
 
 Outputs = Mapping[str, Any]
+#: the losses of a DistillationModel run: each reads the outputs of the models it names
+DISTILLATION_LOSSES = ConfigRegistry("loss")
+_ACT = one_of((None, "softmax", "sigmoid"), expected="softmax, sigmoid or null")
+_TEMPERATURE = number(0, expected="a positive number")
 
 
 def _pairs(model_name_pairs: Any, loss: str) -> List[Tuple[str, str]]:
     if not isinstance(model_name_pairs, (list, tuple)) or not model_name_pairs or not all(
-            isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in model_name_pairs):
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(n, str) for n in pair)
+            for pair in model_name_pairs):
         raise ValueError(f"{loss}: model_name_pairs must be a list of [model, model] pairs, e.g. "
                          f"[[Student, Teacher]], got {model_name_pairs!r}")
-    return [(str(a), str(b)) for a, b in model_name_pairs]
+    return [(a, b) for a, b in model_name_pairs]
 
 
 def _names(model_names: Any, loss: str) -> List[str]:
-    if not isinstance(model_names, (list, tuple)) or not model_names:
+    if not isinstance(model_names, (list, tuple)) or not model_names or not all(isinstance(n, str) for n in model_names):
         raise ValueError(f"{loss}: model_names must be a list of model names, e.g. [Student], got {model_names!r}")
-    return [str(name) for name in model_names]
+    return list(model_names)
+
+
+def _positive_temperature(temperature: Any, loss: str) -> float:
+    if _TEMPERATURE(temperature, f"{loss}: temperature") == 0:
+        raise ConfigError(f"{loss}: temperature must be a positive number, got {temperature!r}")
+    return float(temperature)
 
 
 def hard_labels(label: paddle.Tensor, classes: int) -> paddle.Tensor:
@@ -59,7 +71,7 @@ class _PerModel(nn.Layer):
 
     def __init__(self, key: Optional[str] = None):
         super().__init__()
-        self.key = key
+        self.key = string(optional=True)(key, f"{type(self).__name__}: key")
 
     def output(self, outputs: Outputs, name: str) -> paddle.Tensor:
         if name not in outputs:
@@ -73,6 +85,7 @@ class _PerModel(nn.Layer):
         return value
 
 
+@DISTILLATION_LOSSES.register
 class DistillationCELoss(_PerModel):
     """Cross-entropy of the first model of each pair against the softmax of the second (the teacher):
     `CELoss_<a>_<b>`."""
@@ -83,9 +96,7 @@ class DistillationCELoss(_PerModel):
                  name: str = "loss_ce"):
         super().__init__(key)
         self.pairs = _pairs(model_name_pairs, "DistillationCELoss")
-        if epsilon is not None and not 0.0 <= epsilon < 1.0:
-            raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
-        self.epsilon = epsilon or 0.0
+        self.epsilon = check_epsilon(epsilon, "DistillationCELoss: epsilon")
 
     def forward(self, outputs: Outputs, label: paddle.Tensor) -> Dict[str, paddle.Tensor]:
         terms = {}
@@ -95,6 +106,7 @@ class DistillationCELoss(_PerModel):
         return terms
 
 
+@DISTILLATION_LOSSES.register
 class DistillationGTCELoss(_PerModel):
     """Cross-entropy of each named model against the ground truth (integer or mixup/cutmix soft labels,
     `epsilon` label smoothing): `CELoss_<model>`."""
@@ -111,6 +123,7 @@ class DistillationGTCELoss(_PerModel):
         return {f"CELoss_{name}": self.ce(self.output(outputs, name), label) for name in self.model_names}
 
 
+@DISTILLATION_LOSSES.register
 class DistillationDMLLoss(_PerModel):
     """Deep mutual learning: the symmetric KL divergence of the pair's distributions (`act` softmax or
     sigmoid, or none for outputs already probabilities), `(KL(q||p) + KL(p||q)) / 2` summed over classes and
@@ -124,11 +137,11 @@ class DistillationDMLLoss(_PerModel):
                  eps: float = 1e-12):
         super().__init__(key)
         self.pairs = _pairs(model_name_pairs, "DistillationDMLLoss")
-        if act not in (None, "softmax", "sigmoid"):
-            raise ValueError(f"act must be softmax, sigmoid or null, got {act!r}")
-        if weight_ratio:
+        self.act = _ACT(act, "DistillationDMLLoss: act")
+        if boolean(weight_ratio, "DistillationDMLLoss: weight_ratio"):
             raise ValueError("weight_ratio: multi-label DML is not supported (single-label classification only)")
-        self.act, self.eps, self.sum_across_class_dim = act, float(eps), bool(sum_across_class_dim)
+        self.eps = float(number(0)(eps, "DistillationDMLLoss: eps"))
+        self.sum_across_class_dim = boolean(sum_across_class_dim, "DistillationDMLLoss: sum_across_class_dim")
 
     def _activate(self, x: paddle.Tensor) -> paddle.Tensor:
         if self.act == "softmax":
@@ -148,6 +161,7 @@ class DistillationDMLLoss(_PerModel):
         return terms
 
 
+@DISTILLATION_LOSSES.register
 class DistillationKLDivLoss(_PerModel):
     """Hinton's distillation loss: KL(softmax(t / T) || softmax(s / T)) * T^2, summed over classes and
     averaged over the batch: `loss_kldiv_<a>_<b>` (a: student, b: teacher)."""
@@ -158,9 +172,7 @@ class DistillationKLDivLoss(_PerModel):
                  name: str = "loss_kl"):
         super().__init__(key)
         self.pairs = _pairs(model_name_pairs, "DistillationKLDivLoss")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = _positive_temperature(temperature, "DistillationKLDivLoss")
 
     def forward(self, outputs: Outputs, label: paddle.Tensor) -> Dict[str, paddle.Tensor]:
         terms, t = {}, self.temperature
@@ -171,6 +183,7 @@ class DistillationKLDivLoss(_PerModel):
         return terms
 
 
+@DISTILLATION_LOSSES.register
 class DistillationDKDLoss(_PerModel):
     """Decoupled knowledge distillation (Zhao et al. 2022): alpha * TCKD + beta * NCKD, where TCKD is the KL
     divergence of the binary (target class, all others) distributions and NCKD that of the distributions
@@ -182,10 +195,11 @@ class DistillationDKDLoss(_PerModel):
                  alpha: float = 1.0, beta: float = 1.0, use_target_as_gt: bool = False, name: str = "loss_dkd"):
         super().__init__(key)
         self.pairs = _pairs(model_name_pairs, "DistillationDKDLoss")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature, self.alpha, self.beta = float(temperature), float(alpha), float(beta)
-        self.use_target_as_gt, self.name = bool(use_target_as_gt), name
+        self.temperature = _positive_temperature(temperature, "DistillationDKDLoss")
+        self.alpha = float(number()(alpha, "DistillationDKDLoss: alpha"))
+        self.beta = float(number()(beta, "DistillationDKDLoss: beta"))
+        self.use_target_as_gt = boolean(use_target_as_gt, "DistillationDKDLoss: use_target_as_gt")
+        self.name = string()(name, "DistillationDKDLoss: name")
 
     @property
     def reads_labels(self) -> bool:
@@ -215,6 +229,7 @@ class DistillationDKDLoss(_PerModel):
 _DISTANCES = {"l1": nn.L1Loss, "l2": nn.MSELoss, "smooth_l1": nn.SmoothL1Loss}
 
 
+@DISTILLATION_LOSSES.register
 class DistillationDistanceLoss(_PerModel):
     """L1, L2 (mean squared error) or smooth-L1 distance between the pair's outputs (after `act` sigmoid or
     softmax when given; other keywords go to Paddle's loss, e.g. `reduction`): `loss_<mode>_loss_<mode>_<i>`."""
@@ -224,12 +239,11 @@ class DistillationDistanceLoss(_PerModel):
     def __init__(self, mode: str = "l2", model_name_pairs: Any = (), act: Optional[str] = None,
                  key: Optional[str] = None, name: str = "loss_", **options):
         super().__init__(key)
-        if mode not in _DISTANCES:
-            raise ValueError(f"mode must be one of {', '.join(_DISTANCES)}, got {mode!r}")
-        if act not in (None, "sigmoid", "softmax"):
-            raise ValueError(f"act must be sigmoid, softmax or null, got {act!r}")
+        self.mode = one_of(tuple(_DISTANCES))(mode, "mode")
+        self.act = _ACT(act, "DistillationDistanceLoss: act")
         self.pairs = _pairs(model_name_pairs, "DistillationDistanceLoss")
-        self.distance, self.mode, self.act, self.name = _DISTANCES[mode](**options), mode, act, name + mode
+        check_arguments(_DISTANCES[mode], options, f"DistillationDistanceLoss: {mode} distance")
+        self.distance, self.name = _DISTANCES[mode](**options), string()(name, "DistillationDistanceLoss: name") + mode
 
     def _activate(self, x: paddle.Tensor) -> paddle.Tensor:
         if self.act == "softmax":
@@ -240,10 +254,6 @@ class DistillationDistanceLoss(_PerModel):
         return {f"{self.name}_loss_{self.mode}_{index}": self.distance(self._activate(self.output(outputs, a)),
                                                                      self._activate(self.output(outputs, b)))
                 for index, (a, b) in enumerate(self.pairs)}
-
-
-DISTILLATION_LOSSES = {cls.__name__: cls for cls in (DistillationCELoss, DistillationGTCELoss, DistillationDMLLoss,
-                                                      DistillationKLDivLoss, DistillationDKDLoss, DistillationDistanceLoss)}
 
 
 class CombinedDistillationLoss(nn.Layer):
@@ -278,16 +288,11 @@ def build_distillation_loss(entries: Any, where: str, models: Sequence[str]) -> 
     terms = []
     for position, entry in enumerate(entries):
         name, args = single_entry(entry, f"{where}[{position}]")
-        weight = float(args.pop("weight", 1.0))
+        weight = float(LOSS_WEIGHT(args.pop("weight", 1.0), f"{where}[{position}].{name}.weight"))
         if name == "CELoss":
             raise ConfigError(f"{where}[{position}]: CELoss scores one model's logits; in a DistillationModel run use "
                               f"DistillationGTCELoss with model_names (e.g. [Student])")
-        try:
-            loss = build_from_registry("loss", DISTILLATION_LOSSES, name, args, f"{where}[{position}]")
-        except ValueError as error:
-            if isinstance(error, ConfigError):
-                raise
-            raise ConfigError(f"{where}[{position}]: {error}") from error
+        loss = DISTILLATION_LOSSES.build({name: args}, f"{where}[{position}]")
         named = [n for pair in getattr(loss, "pairs", ()) for n in pair] + list(getattr(loss, "model_names", ()))
         unknown = [n for n in named if n not in models]
         if unknown:
