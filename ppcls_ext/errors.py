@@ -19,8 +19,9 @@ and its category says what a command line does with it (`exit_status`).
     │   └── quant.post_static.BudgetNotMet           int8 cannot be brought within the accuracy budget
     ├── NonFiniteError (RuntimeError)                exit status 3: NaN or Inf in a training loss, weights or outputs
     └── InternalError                                exit status 1 with Python's traceback: a bug, or a library that no
-        └── output_paths.IncompleteWrite (OSError)   longer behaves as this code expects (report it); IncompleteWrite
-                                                     never reaches a command line: `output_paths.writing` makes it a WriteError
+        │                                            longer behaves as this code expects (report it)
+        ├── output_paths.IncompleteWrite (OSError)   never reaches a command line: `output_paths.writing` makes it a WriteError
+        └── models.declaration.DeclarationError (ValueError)    a model family's row is incomplete or invalid (on import)
 
 Every class keeps the built-in base it had before this hierarchy, so `except ValueError`, `except KeyError`
 and `except OSError` in user code catch what they caught before.

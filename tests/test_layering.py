@@ -1,181 +1,44 @@
-"""The layers of ppcls_ext, and the test that holds the code to them.
-
-The import graph is built from the source (ast; nothing is imported), with every import counted, also
-those inside functions: a lazy import is still a dependency. Layers, bottom first:
-
-    start-up hook   ppcls_ext_hook (stdlib only: loaded at every interpreter start)
-    foundation      errors, config, output_paths, interrupts, timing, report, cpu_env, safe_pickle, safe_load
-    models          models/ (pure Paddle layers; a model says its numerics, `ImageClassifier.numerics()`)
-    weights         convert/ (PyTorch / safetensors import), weights
-    zoo             registry, summary
-    data            data/ (datasets, transforms, loader, int8 calibration images)
-    serving         serving/ (export, classification of files, top-k, the infer / export modes on a model)
-    training | deployment   engine/ | inference/: siblings, neither imports the other
-    applications    quant/ (int8 tool), gpu_check, gpu_check_engine, paddleclas_plugin
-    command lines   cli/ (every argument parser and error boundary)
-    package         ppcls_ext/__init__ (the public facade)
-    scripts         tools/*.py, deploy/**/*.py: import ppcls_ext.cli only
-
-The rules:
-1. A module imports only modules of its own layer or of layers below it.
-2. Siblings (engine, inference) import nothing of each other; in particular `ppcls_ext.inference` reaches
-   nothing of `ppcls_ext.engine`, directly or through other modules.
-3. Between units (the top-level modules and packages of ppcls_ext) there is no cycle.
-4. Every module is placed in a layer: a new module has to be placed here.
-5. The scripts in tools/ and deploy/ are thin: of the project they import `ppcls_ext.cli` only.
-
-One edge is exempt, deliberately: the start-up hook's import of the package (`ppcls_ext_hook` ->
-`ppcls_ext`). The hook is the bottom layer so that loading it at start-up costs nothing (no Paddle), and
-its one job is to import ppcls_ext just before PaddleClas is first imported; ppcls_ext registers into
-PaddleClas through the hook's `when_imported`. Dissolving the cycle would cost either start-up time (the
-hook inside the package imports Paddle at every interpreter start) or a second import finder. The import
-is lazy (inside a function), which the test checks.
-"""
+"""The layers of ppcls_ext hold: the import graph read by tools/module_graph.py (ast; nothing imported, imports
+inside functions counted too) has no import against its LAYERS, FORBIDDEN pairs or script rule; deployment
+(`ppcls_ext.inference`) reaches nothing of the training package (`ppcls_ext.engine`), directly or through other
+modules; the exceptions kept on purpose (DELIBERATE) are real imports, lazy, and say why. The layers themselves
+are explained in docs/architecture.md."""
 from __future__ import annotations
 
-import ast
-import functools
-import os
+import importlib.util
 import subprocess
 import sys
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Set
+
+import pytest
 
 from conftest import REPO
 
-#: (layer, its units, whether its units are siblings that must not import one another), bottom first
-LAYERS: Tuple[Tuple[str, Tuple[str, ...], bool], ...] = (
-    ("start-up hook", ("ppcls_ext_hook",), False),
-    ("foundation", ("ppcls_ext.errors", "ppcls_ext.config", "ppcls_ext.output_paths", "ppcls_ext.interrupts",
-                    "ppcls_ext.timing", "ppcls_ext.report", "ppcls_ext.cpu_env", "ppcls_ext.safe_pickle",
-                    "ppcls_ext.safe_load"), False),
-    ("models", ("ppcls_ext.models",), False),
-    ("weights", ("ppcls_ext.convert", "ppcls_ext.weights"), False),
-    ("zoo", ("ppcls_ext.registry", "ppcls_ext.summary"), False),
-    ("data", ("ppcls_ext.data",), False),
-    ("serving", ("ppcls_ext.serving",), False),
-    ("training | deployment", ("ppcls_ext.engine", "ppcls_ext.inference"), True),
-    ("applications", ("ppcls_ext.quant", "ppcls_ext.gpu_check", "ppcls_ext.gpu_check_engine",
-                      "ppcls_ext.paddleclas_plugin"), False),
-    ("command lines", ("ppcls_ext.cli",), False),
-    ("package", ("ppcls_ext",), False),
-)
-#: imports that run against the layering on purpose: (importer unit, imported unit) -> why
-EXEMPT = {("ppcls_ext_hook", "ppcls_ext"): "the start-up hook imports the package it exists to load, lazily"}
-#: folders of scripts that may import ppcls_ext.cli only
-SCRIPT_FOLDERS = ("tools", "deploy")
-CLI = "ppcls_ext.cli"
+GRAPH_TOOL = f"{REPO}/tools/module_graph.py"
 
 
-@dataclass(frozen=True)
-class Edge:
-    importer: str
-    imported: str
-    line: int
-    lazy: bool  # inside a function
+@pytest.fixture(scope="module")
+def graph():
+    """tools/module_graph.py as a module (the one reader of the import graph)."""
+    spec = importlib.util.spec_from_file_location("module_graph", GRAPH_TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
 
 
-def source_files() -> Dict[str, str]:
-    """Module name -> file of ppcls_ext and the start-up hook."""
-    files = {"ppcls_ext_hook": os.path.join(REPO, "ppcls_ext_hook.py")}
-    for folder, _, names in os.walk(os.path.join(REPO, "ppcls_ext")):
-        for name in names:
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                parts = os.path.relpath(path, REPO)[:-3].split(os.sep)
-                files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return files
+@pytest.fixture(scope="module")
+def modules(graph):
+    return graph.read_modules(REPO)
 
 
-def _imports(tree: ast.AST) -> Iterator[Tuple[ast.AST, bool]]:
-    """Every import statement of `tree`, with whether it sits inside a function."""
-    def walk(node: ast.AST, lazy: bool) -> Iterator[Tuple[ast.AST, bool]]:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.Import, ast.ImportFrom)):
-                yield child, lazy
-            yield from walk(child, lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
-    yield from walk(tree, False)
-
-
-def imported_names(module: str, path: str, modules: Set[str]) -> Iterator[Tuple[str, int, bool]]:
-    """(imported module, line, lazy) of every import in `path`, relative ones resolved; `from X import y`
-    counts as importing X.y where that is a module."""
-    is_package = os.path.basename(path) == "__init__.py"
-    with open(path, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), path)
-    for node, lazy in _imports(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name, node.lineno, lazy
-            continue
-        if node.level:
-            base = module.split(".") if is_package else module.split(".")[:-1]
-            base = base[:len(base) - (node.level - 1)]
-            source = ".".join(base + ([node.module] if node.module else []))
-        else:
-            source = node.module or ""
-        for alias in node.names:
-            candidate = f"{source}.{alias.name}"
-            yield (candidate if candidate in modules else source), node.lineno, lazy
-
-
-def project_module(name: str) -> bool:
-    return name == "ppcls_ext_hook" or name == "ppcls_ext" or name.startswith("ppcls_ext.")
-
-
-@functools.lru_cache(maxsize=None)
-def import_graph() -> Tuple[Edge, ...]:
-    files = source_files()
-    edges: Dict[Edge, None] = {}  # in source order, each once
-    for module, path in sorted(files.items()):
-        for name, line, lazy in imported_names(module, path, set(files)):
-            if project_module(name) and name != module:
-                edges[Edge(module, name, line, lazy)] = None
-    return tuple(edges)
-
-
-def unit_of(module: str) -> Optional[str]:
-    """The most specific unit of LAYERS that holds `module`."""
-    units = [unit for _, members, _ in LAYERS for unit in members if module == unit or module.startswith(unit + ".")]
-    return max(units, key=len) if units else None
-
-
-def layer_of(module: str) -> Optional[int]:
-    unit = unit_of(module)
-    return next((i for i, (_, members, _) in enumerate(LAYERS) if unit in members), None)
-
-
-def describe(edge: Edge) -> str:
-    return (f"{edge.importer} (line {edge.line}, {LAYERS[layer_of(edge.importer)][0]}) imports {edge.imported} "
-            f"({LAYERS[layer_of(edge.imported)][0]})")
-
-
-def exempt(edge: Edge) -> bool:
-    return (unit_of(edge.importer), unit_of(edge.imported)) in EXEMPT
-
-
-def test_every_module_is_placed_in_a_layer():
-    unplaced = sorted(module for module in source_files() if unit_of(module) is None)
-    assert not unplaced, f"place these modules in tests/test_layering.py's LAYERS: {unplaced}"
-
-
-def test_no_import_runs_against_the_layering():
-    upward = [describe(e) for e in import_graph() if layer_of(e.imported) > layer_of(e.importer) and not exempt(e)]
-    assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
-
-
-def test_siblings_import_nothing_of_each_other():
-    crossing = [describe(e) for e in import_graph() if layer_of(e.importer) == layer_of(e.imported)
-                and LAYERS[layer_of(e.importer)][2] and unit_of(e.importer) != unit_of(e.imported)]
-    assert not crossing, "imports between sibling packages:\n" + "\n".join(crossing)
-
-
-def reachable(start: str, edges: Sequence[Edge]) -> Set[str]:
-    """Modules that the modules of package `start` import, directly or through others."""
-    following: Dict[str, Set[str]] = {}
-    for edge in edges:
-        following.setdefault(edge.importer, set()).add(edge.imported)
-    seen = {m for m in following if m == start or m.startswith(start + ".")}
+def reachable(modules, start: str) -> Set[str]:
+    """The modules that the modules of package `start` import, directly or through others (lazy imports too)."""
+    following: Dict[str, Set[str]] = {name: {i.target for i in m.imports} for name, m in modules.items()}
+    seen = {name for name in modules if name == start or name.startswith(start + ".")}
     todo = list(seen)
     while todo:
         for name in following.get(todo.pop(), ()):
@@ -185,69 +48,54 @@ def reachable(start: str, edges: Sequence[Edge]) -> Set[str]:
     return seen
 
 
-def test_deployment_reaches_nothing_of_the_training_engine():
-    edges = import_graph()
-    direct = [describe(e) for e in edges if unit_of(e.importer) == "ppcls_ext.inference" and unit_of(e.imported) == "ppcls_ext.engine"]
+def test_every_module_is_placed_in_a_layer(graph, modules):
+    unplaced = sorted(name for name in modules if graph.layer_of(name) is None)
+    assert not unplaced, f"place these modules in LAYERS of tools/module_graph.py: {unplaced}"
+
+
+def test_no_import_runs_against_the_layering(graph, modules):
+    found = graph.all_violations(modules, REPO)
+    assert not found, "\n".join(found)
+
+
+def test_inference_imports_nothing_from_engine(graph, modules):
+    direct = [f"{m.path}:{i.line} imports {i.target}" for m in modules.values() for i in m.imports
+              if graph.package_of(m.name) == "ppcls_ext.inference" and graph.package_of(i.target) == "ppcls_ext.engine"]
     assert not direct, "\n".join(direct)
-    assert not {m for m in reachable("ppcls_ext.inference", edges) if unit_of(m) == "ppcls_ext.engine"}
-    assert "ppcls_ext.serving.export" in reachable("ppcls_ext.inference", edges)  # the graph sees its imports
+    through = reachable(modules, "ppcls_ext.inference")
+    assert not sorted(n for n in through if graph.package_of(n) == "ppcls_ext.engine")
+    assert {"ppcls_ext.serving.export", "ppcls_ext.serving.predict", "ppcls_ext.serving.postprocess"} <= through
 
 
-def test_the_units_import_one_another_without_cycles():
-    following: Dict[str, Set[str]] = {}
-    for edge in import_graph():
-        a, b = unit_of(edge.importer), unit_of(edge.imported)
-        if a != b and not exempt(edge):
-            following.setdefault(a, set()).add(b)
-    state: Dict[str, str] = {}
-
-    def cycle_from(unit: str, path: List[str]) -> Optional[List[str]]:
-        state[unit] = "open"
-        for nxt in sorted(following.get(unit, ())):
-            if state.get(nxt) == "open":
-                return path + [unit, nxt]
-            if nxt not in state:
-                found = cycle_from(nxt, path + [unit])
-                if found:
-                    return found
-        state[unit] = "done"
-        return None
-
-    for unit in sorted(following):
-        if unit not in state:
-            found = cycle_from(unit, [])
-            assert found is None, "import cycle: " + " -> ".join(found[found.index(found[-1]):])
+def test_no_cycle_at_module_level(graph, modules):
+    assert graph.cycles(modules) == []
 
 
-def test_the_exempt_edge_exists_and_is_lazy():
-    """The exemption covers a real import, made inside a function (nothing of ppcls_ext loads with the hook)."""
-    for (importer, imported), why in EXEMPT.items():
-        edges = [e for e in import_graph() if unit_of(e.importer) == importer and unit_of(e.imported) == imported]
-        assert edges, f"EXEMPT names an import that no longer exists: {importer} -> {imported} ({why})"
-        assert all(e.lazy for e in edges), [describe(e) for e in edges if not e.lazy]
+def test_the_deliberate_imports_exist_are_lazy_and_say_why(graph, modules):
+    for importer, imported, why in graph.DELIBERATE:
+        edges = [i for i in modules[importer].imports if i.target == imported]
+        assert edges, f"DELIBERATE names an import that no longer exists: {importer} -> {imported}"
+        assert all(i.lazy for i in edges), f"{importer} -> {imported} is kept only as a lazy import"
+        assert len(why.split()) >= 8, f"say why {importer} -> {imported} is kept"
 
 
-def test_the_scripts_call_the_command_line_layer_only():
-    offending = []
-    scripts = [os.path.join(folder, name) for top in SCRIPT_FOLDERS
-               for folder, _, names in os.walk(os.path.join(REPO, top)) for name in names if name.endswith(".py")]
-    assert len(scripts) >= 10
-    for path in scripts:
-        for name, line, _ in imported_names("__main__", path, set(source_files())):
-            if project_module(name) and not (name == CLI or name.startswith(CLI + ".")):
-                offending.append(f"{os.path.relpath(path, REPO)}:{line} imports {name}")
-    assert not offending, "scripts must only call ppcls_ext.cli:\n" + "\n".join(offending)
+def test_a_script_past_the_command_line_layer_is_found(graph, tmp_path):
+    """The check reads tools/ and deploy/ scripts too: a script may call ppcls_ext.cli only."""
+    for name, source in {"ppcls_ext/__init__.py": "", "ppcls_ext/cli/__init__.py": "", "ppcls_ext/registry.py": "",
+                         "tools/good.py": "from ppcls_ext.cli import main\n",
+                         "deploy/python/bad.py": "import os\nfrom ppcls_ext.registry import create_model\n"}.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source, encoding="utf-8")
+    found = graph.script_violations(graph.read_modules(str(tmp_path)), str(tmp_path))
+    assert found == ["deploy/python/bad.py:2: the script imports ppcls_ext.registry: scripts call the command-line "
+                     "layer only"]
 
 
-def test_a_lower_layer_importing_a_higher_one_is_found(tmp_path):
-    """The graph builder resolves relative imports, `from . import x` and imports inside functions."""
-    source = tmp_path / "ppcls_ext" / "data"
-    source.mkdir(parents=True)
-    (source / "probe.py").write_text("def f():\n    from ..engine import optim\n    from . import transforms\n")
-    modules = {"ppcls_ext.engine.optim", "ppcls_ext.data.transforms", "ppcls_ext.engine"}
-    found = list(imported_names("ppcls_ext.data.probe", str(source / "probe.py"), modules))
-    assert found == [("ppcls_ext.engine.optim", 2, True), ("ppcls_ext.data.transforms", 3, True)]
-    assert layer_of("ppcls_ext.engine.optim") > layer_of("ppcls_ext.data.probe")
+def test_check_exits_zero_on_the_tree():
+    done = subprocess.run([sys.executable, GRAPH_TOOL, "--check", "--format", "text"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def test_importing_the_deployment_package_loads_no_engine_module():
