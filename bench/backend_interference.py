@@ -31,7 +31,7 @@ import time
 from typing import List, Optional, Sequence
 
 import ppcls_ext  # first: applies the CPU settings before Paddle loads MKL
-from ppcls_ext.engine.export import export_inference_model, inference_config
+from ppcls_ext.serving.export import export_inference_model, inference_config
 from ppcls_ext.inference.onnx_backend import export_onnx
 from ppcls_ext.inference.options import InferenceOptions
 from ppcls_ext.inference.worker import BackendProcess, build_cpu_predictor, input_batch

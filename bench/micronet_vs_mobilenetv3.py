@@ -38,7 +38,7 @@ import onnx
 import onnxruntime as ort
 import paddle
 from ppcls_ext.cpu_env import APPLIED as CPU_NOTES
-from ppcls_ext.engine.export import export_inference_model, inference_config
+from ppcls_ext.serving.export import export_inference_model, inference_config
 from ppcls_ext.inference.onnx_backend import GRAPH_OPTIMIZATION_LEVEL, export_onnx
 from ppcls_ext.inference.options import InferenceOptions
 from ppcls_ext.inference.worker import BackendProcess

@@ -35,7 +35,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 from ppcls_ext.cpu_env import APPLIED as CPU_NOTES
-from ppcls_ext.engine.export import export_inference_model, inference_config
+from ppcls_ext.serving.export import export_inference_model, inference_config
 from ppcls_ext.inference.options import InferenceOptions
 from ppcls_ext.inference.worker import BackendProcess, input_batch
 from ppcls_ext.models.deploy import deploy_form

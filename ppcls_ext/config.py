@@ -10,10 +10,12 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import yaml
 
+from .errors import UserError
+
 logger = logging.getLogger("ppcls_ext")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message names the file, key path or value at fault."""
 
 

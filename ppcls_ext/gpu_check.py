@@ -16,7 +16,6 @@ syncbn`), 0 when every check ran and passed. On a CPU build it says in one line 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -24,7 +23,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -184,7 +182,7 @@ def preprocessing(size: int) -> List[Dict[str, Any]]:
 def export(model: paddle.nn.Layer, name: str, directory: str, size: int, export_format: str = "pir") -> str:
     """The export tools/export_model.py writes (`export_format` "pir": inference.json; "legacy":
     inference.pdmodel, written under Paddle's legacy program guard), with the check's preprocessing."""
-    from ppcls_ext.engine.export import export_inference_model, inference_config
+    from ppcls_ext.serving.export import export_inference_model, inference_config
 
     return export_inference_model(model, directory, inference_config(name, preprocessing(size), 5, None, [3, size, size], False),
                                   softmax=False, export_format=export_format)
@@ -210,7 +208,7 @@ def photo_folder(directory: str, count: int, size: int, seed: int) -> str:
 
 def photo_batch(directory: str, batch: int, size: int) -> np.ndarray:
     """`batch` photos of `directory` through the export's preprocessing, as one NCHW float32 batch."""
-    from ppcls_ext.quant.calibration import calibration_batches
+    from ppcls_ext.data.calibration import calibration_batches
 
     return calibration_batches(directory, batch_size=batch, num_batches=1, transforms=preprocessing(size))[0]
 
@@ -332,7 +330,7 @@ def sync_batchnorm_row(workdir: str) -> Row:
         return Row(MODELS[0], "SyncBatchNorm", setting, "skipped: needs 2+ GPUs", f"{count} GPU visible")
     output, entry = os.path.join(workdir, "syncbn.json"), os.path.join(workdir, "syncbn_worker.py")
     with open(entry, "w", encoding="utf-8") as f:  # launch runs a script file
-        f.write("import sys\nfrom ppcls_ext.gpu_check import main\nsys.exit(main(sys.argv[1:]))\n")
+        f.write("import sys\nfrom ppcls_ext.cli.gpu_check import main\nsys.exit(main(sys.argv[1:]))\n")
     command = [sys.executable, "-m", "paddle.distributed.launch", "--devices", "0,1", "--log_dir",
                os.path.join(workdir, "launch_log"), entry, "--sync-bn-worker", output]
     done = subprocess.run(command, env=child_env(), capture_output=True, text=True)
@@ -389,36 +387,3 @@ def engine_rows(name: str, data_dir: str, workdir: str, device: str = "gpu") -> 
         rows.append(Row(name, "Engine", row["setting"], row["result"], row["measured"]))
     return rows
 
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=8, help="AMP training steps (and timed throughput steps)")
-    parser.add_argument("--only", help=f"comma-separated checks to run (of {', '.join(CHECKS)})")
-    parser.add_argument("--skip", help="comma-separated checks to leave out")
-    parser.add_argument("--workdir", help="where exports and engines go (default: a temporary folder)")
-    parser.add_argument("--sync-bn-worker", metavar="OUTPUT", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.sync_bn_worker:
-        sync_batchnorm_worker(args.sync_bn_worker)
-        return 0
-    try:
-        checks = selected_checks(args.only, args.skip)
-    except ValueError as error:
-        parser.error(str(error))
-    if not checks:
-        parser.error("--only/--skip leave no check to run")
-    missing = what_is_missing()
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="ppcls_ext_gpu_check_") as scratch:
-        rows = run_checks(args.models.split(","), args.batch, args.size, args.steps, args.workdir or scratch, checks)
-    print(results_table(rows))
-    return exit_status(rows)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

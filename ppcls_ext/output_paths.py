@@ -11,6 +11,7 @@ import shutil
 from typing import Callable, Iterator, Optional, Union
 
 from .config import ConfigError
+from .errors import InternalError, UserError
 
 #: errno values that only a write can raise: an OSError carrying one is a failed write wherever it comes from
 WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -19,12 +20,12 @@ _REASONS = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file-
             errno.EPERM: "operation not permitted", getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded"}
 
 
-class WriteError(OSError):
+class WriteError(UserError, OSError):
     """An output could not be written completely (the old file, if any, was kept); the message is one line
     naming the file and the reason."""
 
 
-class IncompleteWrite(OSError):
+class IncompleteWrite(InternalError, OSError):
     """A written file is not what was written (shorter, or reading back differently): a writer that did
     not report its failure; `writing` turns it into a WriteError."""
 

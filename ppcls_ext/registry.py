@@ -13,6 +13,7 @@ from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Op
 
 import paddle.nn as nn
 
+from .errors import UserError
 from .models import (
     EFFICIENTNET,
     EFFICIENTNET_LITE,
@@ -92,7 +93,7 @@ register_family(EFFICIENTNET_V2, efficientnet_v2, _EFFICIENTNET_OPTIONS)
 register_family(EFFICIENTNET_LITE, efficientnet_lite, _EFFICIENTNET_OPTIONS)
 
 
-class UnknownModelError(KeyError, ValueError):
+class UnknownModelError(UserError, KeyError, ValueError):
     """Raised for a model name that is not in the zoo; the message lists the valid names."""
 
     def __str__(self) -> str:

@@ -23,10 +23,12 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .errors import UserError
+
 GlobalName = Tuple[str, str]
 
 
-class PickleDataError(pickle.UnpicklingError):
+class PickleDataError(UserError, pickle.UnpicklingError):
     """A pickle that cannot be read as data: malformed or cut short (or refused, see `UnsafePickleError`)."""
 
 

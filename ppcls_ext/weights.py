@@ -29,8 +29,8 @@ import paddle.nn as nn
 from .config import ConfigError
 from .convert import (NUMERICS_KEY, ForeignCheckpoint, LayoutError, Numerics, TorchFileError, file_format,
                       numerics_entry, read_foreign_checkpoint, recorded_numerics)
+from .errors import UserError
 from .models import ImageClassifier
-from .models.efficientnet import EfficientNet
 from .output_paths import replaced_atomically
 from .safe_load import load_paddle_file
 from .safe_pickle import UnsafePickleError
@@ -40,11 +40,11 @@ logger = logging.getLogger("ppcls_ext")
 PathLike = Union[str, os.PathLike]
 
 
-class WeightsDownloadError(OSError):
+class WeightsDownloadError(UserError, OSError):
     """A URL could not be fetched, or what arrived is incomplete or fails its checksum."""
 
 
-class IncompatibleWeightsError(ValueError):
+class IncompatibleWeightsError(UserError, ValueError):
     """A checkpoint does not fit the model (missing, unexpected or mis-shaped tensors)."""
 
 
@@ -264,11 +264,15 @@ class WeightsFile:
         return str(self.path) if self.foreign is None else f"{self.path} ({self.foreign.layout.name} layout)"
 
     def state_for(self, model: ImageClassifier) -> Dict[str, object]:
-        """The tensors under `model`'s (or PaddleClas's) key names."""
+        """The tensors under `model`'s (or PaddleClas's) key names. A foreign checkpoint comes with numerics, so
+        only a model built with numerics takes one (the EfficientNet families, whose key layouts these are)."""
         if self.foreign is None:
             return dict(self.state or {})
+        if model_numerics(model) is None:
+            raise IncompatibleWeightsError(f"{self.path}: PyTorch / safetensors weights import into EfficientNet, "
+                                           f"EfficientNetV2 and EfficientNet-Lite models, not {type(model).__name__}")
         try:
-            return self.foreign.to_model(model, str(self.path))
+            return self.foreign.to_model(model)
         except LayoutError as error:
             raise IncompatibleWeightsError(str(error)) from error
 
@@ -315,8 +319,11 @@ def read_weights_file(source: PathLike, sha256: Optional[str] = None, origin: Op
 
 
 def model_numerics(model: nn.Layer) -> Optional[Numerics]:
-    """The numerics `model` was built with (EfficientNet families; None for others)."""
-    return Numerics(model.padding, model.bn_epsilon) if isinstance(model, EfficientNet) else None
+    """The numerics `model` says it was built with (`ImageClassifier.numerics`: the EfficientNet families);
+    None for a model without such options and for layers that do not say (a DistillationModel's members
+    record their own)."""
+    numerics = getattr(model, "numerics", None)
+    return numerics() if callable(numerics) else None
 
 
 def numerics_record(model: nn.Layer, origin: Optional[str] = None) -> Dict[str, object]:

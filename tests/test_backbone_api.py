@@ -9,7 +9,7 @@ import paddle
 import pytest
 
 import ppcls_ext
-from ppcls_ext.engine.export import export_inference_model
+from ppcls_ext.serving.export import export_inference_model
 from ppcls_ext.inference import InferenceOptions, PaddlePredictor
 from ppcls_ext.models.base import Head, stage_dropout_rates
 from ppcls_ext.paddleclas_plugin import paddleclas_original

@@ -12,7 +12,7 @@ import pytest
 
 import ppcls_ext
 from conftest import REPO
-from ppcls_ext.engine.export import export_inference_model, inference_config
+from ppcls_ext.serving.export import export_inference_model, inference_config
 from ppcls_ext.inference import InferenceOptions, export_onnx, options_from_config
 from ppcls_ext.inference import classifier as classifier_module
 from ppcls_ext.inference.worker import BackendProcess, input_batch

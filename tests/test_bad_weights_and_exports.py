@@ -11,7 +11,7 @@ import pytest
 import ppcls_ext
 from conftest import REPO, quick_argv, run_main
 from ppcls_ext import cli
-from ppcls_ext.inference import cli as deploy_cli
+from ppcls_ext.cli import predict_cls as deploy_cli
 from ppcls_ext.weights import IncompatibleWeightsError, load_weights
 
 DEPLOY_CONFIG = os.path.join(REPO, "deploy", "configs", "inference_cls.yaml")

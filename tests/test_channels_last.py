@@ -12,7 +12,7 @@ import pytest
 import ppcls_ext
 from ppcls_ext.config import ConfigError
 from ppcls_ext.engine.engine import build_model
-from ppcls_ext.engine.export import export_inference_model, inference_config
+from ppcls_ext.serving.export import export_inference_model, inference_config
 from ppcls_ext.inference.onnx_backend import OnnxPredictor
 from ppcls_ext.inference.classifier import cpu_candidates
 from ppcls_ext.inference.options import DeploymentError, InferenceOptions

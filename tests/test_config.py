@@ -198,7 +198,7 @@ def test_save_interval_zero_or_less_saves_no_epoch_checkpoints_as_in_paddleclas(
 
 
 def test_deploy_config_sections_keys_and_values(engine_log):
-    from ppcls_ext.inference.cli import check_deploy_config
+    from ppcls_ext.cli.predict_cls import check_deploy_config
 
     base = {"Global": {"infer_imgs": "a.jpg", "inference_model_dir": "m", "batch_size": 4}, "PreProcess": {}, "PostProcess": {}}
     assert check_deploy_config(base)["batch_size"] == 4

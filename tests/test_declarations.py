@@ -13,10 +13,10 @@ from ppcls_ext import paddleclas_plugin, registry, zoo_configs
 from ppcls_ext.config import ConfigError
 from ppcls_ext.data.transforms import build_transforms
 from ppcls_ext.engine.progressive import MODEL_PRESETS
-from ppcls_ext.engine.serving import infer_transforms
+from ppcls_ext.serving.modes import infer_transforms
 from ppcls_ext.models.declaration import DeclarationError, declare_family, row
 from ppcls_ext.models.efficientnet import Scaling, efficientnet, scaling_facts
-from ppcls_ext.zoo_configs.cli import main as make_configs
+from ppcls_ext.cli.make_configs import main as make_configs
 
 COMPLETE = dict(crop_mode="resize_short", interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3, drop_path_rate=0.2,
                 weights_url=None, paddleclas_module=None, progressive_preset=None, weight_decay=1e-5, batch_size=8)

@@ -17,7 +17,7 @@ from ppcls_ext.config import load_config
 from ppcls_ext.data.transforms import build_transforms
 from ppcls_ext.engine import Engine
 from ppcls_ext.engine.checkpoint import load_checkpoint
-from ppcls_ext.inference import cli as predict_cli
+from ppcls_ext.cli import predict_cls as predict_cli
 from test_amp import AutoCastRecorder, gpu_amp  # noqa: F401  (a fixture)
 from test_torch_weights import source_file
 

@@ -19,7 +19,7 @@ from ppcls_ext import cli
 from ppcls_ext.config import load_config
 from ppcls_ext.data.transforms import build_transforms
 from ppcls_ext.engine import Engine
-from ppcls_ext.inference import cli as predict_cli
+from ppcls_ext.cli import predict_cls as predict_cli
 
 CONFIGS = Path(REPO).parent / "shared" / "upstream" / "PaddleClas" / "ppcls" / "configs" / "ImageNet" / "Distillation"
 CHAINS = {  # config, extra -o options, the student's class, its class_num

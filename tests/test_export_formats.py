@@ -11,7 +11,7 @@ import pytest
 
 import ppcls_ext
 from conftest import QUICK_START, REPO
-from ppcls_ext.engine.export import export_inference_model
+from ppcls_ext.serving.export import export_inference_model
 from ppcls_ext.inference import InferenceOptions, PaddlePredictor
 from ppcls_ext.models.deploy import deploy_form
 from ppcls_ext.weights import randomize_

@@ -398,7 +398,7 @@ def test_an_export_without_inference_yml_says_which_preprocessing_it_assumes(dig
     """The shipped deploy config on an export without inference.yml (PaddleClas's own exports have none):
     its ImageNet PreProcess is used, as by PaddleClas's predictor, and a warning names it. Old code: no word,
     and a 32 px digits model then classified resized-and-cropped 224 px images."""
-    from ppcls_ext.inference.cli import main as predict
+    from ppcls_ext.cli.predict_cls import main as predict
 
     export = tmp_path / "export"
     shutil.copytree(digits_export, export)
@@ -415,7 +415,7 @@ def test_an_export_without_inference_yml_says_which_preprocessing_it_assumes(dig
 
 def test_the_shipped_deploy_config_has_only_known_keys(engine_log):
     """Old code: `Global.cpu_spin_wait is not a known key; it has no effect` on every run, though it is used."""
-    from ppcls_ext.inference.cli import check_deploy_config
+    from ppcls_ext.cli.predict_cls import check_deploy_config
     from ppcls_ext.inference.options import options_from_config
 
     config = load_config(DEPLOY_CONFIG)

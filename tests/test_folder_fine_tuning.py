@@ -15,7 +15,7 @@ import yaml
 from conftest import QUICK_START, REPO, run_main
 from ppcls_ext import cli
 from ppcls_ext.config import ConfigError, load_config
-from ppcls_ext.data import split_cli
+from ppcls_ext.cli import split_dataset as split_cli
 from ppcls_ext.engine.class_map import use_folder_class_names
 from test_image_folder import make_tree
 

@@ -19,7 +19,7 @@ import ppcls_ext
 from conftest import REPO, run_main, quick_argv
 from ppcls_ext import cli
 from ppcls_ext.config import ConfigError
-from ppcls_ext.convert import cli as convert_cli
+from ppcls_ext.cli import convert_weights as convert_cli
 from ppcls_ext.convert.torch_file import TORCH_GLOBALS, read_foreign_state_dict
 from ppcls_ext.engine.checkpoint import recover_checkpoints
 from ppcls_ext.safe_load import PADDLE_GLOBALS, load_paddle_file

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ppcls_ext.data import transforms as T
 from ppcls_ext.data.image_io import JpegFrame, read_jpeg_frame
-from ppcls_ext.engine.predict import collect_images
+from ppcls_ext.serving.predict import collect_images
 
 BACKENDS = ["cv2", "pil"]
 

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import QUICK_START, REPO, quick_argv, run_main
 from ppcls_ext import cli
-from ppcls_ext.inference import cli as deploy_cli
+from ppcls_ext.cli import predict_cls as deploy_cli
 
 DEPLOY_CONFIG = os.path.join(REPO, "deploy", "configs", "inference_cls.yaml")
 # the quick-start Infer.transforms without their ResizeImage

@@ -16,7 +16,7 @@ import yaml
 import ppcls_ext
 from conftest import REPO
 from ppcls_ext.config import ConfigError
-from ppcls_ext.engine.export import export_inference_model, inference_config
+from ppcls_ext.serving.export import export_inference_model, inference_config
 from ppcls_ext.inference import (DeployedClassifier, DeploymentError, InferenceOptions, OnnxPredictor, PaddlePredictor,
                                  export_onnx, options_from_config)
 from ppcls_ext.inference import classifier as classifier_module

@@ -7,7 +7,7 @@ from conftest import quick_argv, run_main
 from ppcls_ext import cli
 from ppcls_ext.config import ConfigError
 from ppcls_ext.data.dataset import read_label_file
-from ppcls_ext.engine.postprocess import read_label_names
+from ppcls_ext.serving.postprocess import read_label_names
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 import ppcls_ext
 from conftest import REPO
-from ppcls_ext.engine.export import export_inference_model
+from ppcls_ext.serving.export import export_inference_model
 from ppcls_ext.inference import InferenceOptions, PaddlePredictor, export_onnx
 from ppcls_ext.inference.onnx_backend import GRAPH_OPTIMIZATION_LEVEL
 from ppcls_ext.models.deploy import deploy_form

@@ -15,7 +15,8 @@ from conftest import QUICK_START, REPO, quick_config
 from ppcls_ext import cli
 from ppcls_ext.engine import Engine
 from ppcls_ext.engine.losses import CombinedLoss
-from ppcls_ext.engine.nonfinite import LossWatch, NonFiniteError, divergence_message
+from ppcls_ext.engine.nonfinite import LossWatch, divergence_message
+from ppcls_ext.errors import NonFiniteError
 from test_training_loop import ReadbackCounter
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, quick_config
 from ppcls_ext.config import ConfigError
 from ppcls_ext.data.dataset import DataError
-from ppcls_ext.quant.calibration import calibration_batches, fingerprint, image_set, load_images
+from ppcls_ext.data.calibration import calibration_batches, fingerprint, image_set, load_images
 
 
 def digits_by_hand(digits, count, skip=0):
@@ -85,6 +85,6 @@ def test_fingerprint_changes_with_any_value_shape_or_split_and_not_otherwise(rng
 
 
 def test_the_calibration_reader_does_not_load_the_training_engine():
-    code = "import sys, ppcls_ext.quant.calibration; print(sorted(m for m in sys.modules if m.startswith('ppcls_ext.engine')))"
+    code = "import sys, ppcls_ext.data.calibration; print(sorted(m for m in sys.modules if m.startswith('ppcls_ext.engine')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"

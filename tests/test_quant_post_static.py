@@ -18,8 +18,8 @@ import yaml
 from conftest import QUICK_START, quick_argv, quick_config, run_main
 from test_real_weights import EXPECTED, LITE0_CONFIG, lite0_weights, package_folder, photos  # noqa: F401 (fixtures)
 from ppcls_ext.engine import Engine
-from ppcls_ext.inference import cli as predict_cli
-from ppcls_ext.quant.post_static import main
+from ppcls_ext.cli import predict_cls as predict_cli
+from ppcls_ext.cli.quant_post_static import main
 from ppcls_ext.quant.speed import INT8_FLAGS
 
 DEPLOY_CONFIG = os.path.join(os.path.dirname(QUICK_START), "..", "..", "deploy", "configs", "inference_cls.yaml")

@@ -11,8 +11,8 @@ import pytest
 from conftest import REPO, run_main
 from ppcls_ext.data.dataset import read_label_file
 from ppcls_ext.data.split import held_out_counts, split_image_folder
-from ppcls_ext.data.split_cli import main
-from ppcls_ext.engine.postprocess import read_label_names
+from ppcls_ext.cli.split_dataset import main
+from ppcls_ext.serving.postprocess import read_label_names
 from test_image_folder import make_tree, write_png
 
 COUNTS = {"cat": 10, "dog": 7, "emu": 3, "yak": 1}

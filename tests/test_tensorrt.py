@@ -22,7 +22,7 @@ from ppcls_ext.inference import classifier, paddle_backend, tensorrt, tensorrt_w
 from ppcls_ext.inference.options import DeploymentError, InferenceOptions, TensorRTOptions, options_from_config
 from ppcls_ext.inference.paddle_backend import PaddlePredictor, warmup_shapes
 from ppcls_ext.inference.trt_runtime import TensorRTError
-from ppcls_ext.quant.calibration import calibration_batches, fingerprint
+from ppcls_ext.data.calibration import calibration_batches, fingerprint
 
 SHAPES = ((1, 3, 64, 64), (4, 3, 224, 224), (8, 3, 256, 256))
 PREPROCESS = [{"ResizeImage": {"size": 64}},

@@ -8,7 +8,7 @@ against the dygraph model; prints one table (docs/tensorrt.md lists the checks a
 """
 import sys
 
-from ppcls_ext.gpu_check import main
+from ppcls_ext.cli.gpu_check import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,20 +1,5 @@
-"""Write the offline demo dataset (scikit-learn's handwritten digits) as an ImageNet-format folder.
-
-    python tools/make_demo_data.py                 # -> dataset/digits/{images,train_list.txt,val_list.txt,label_list.txt}
-"""
-import argparse
-
-from ppcls_ext.data.demo import make_digits_dataset
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="dataset/digits", help="output folder (default: dataset/digits)")
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels (default: 32)")
-    args = parser.parse_args()
-    for name, path in make_digits_dataset(args.out, size=args.size).items():
-        print(f"{name}: {path}")
-
+"""python tools/make_demo_data.py [--out DIR] [--size PX]: the offline demo dataset (see ppcls_ext.cli.make_demo_data)"""
+from ppcls_ext.cli.make_demo_data import main
 
 if __name__ == "__main__":
     main()

@@ -30,11 +30,8 @@ class ForeignCheckpoint:
     file_format: str
     numerics: Numerics
 
-    def to_model(self, model: object, source: str) -> Dict[str, np.ndarray]:
+    def to_model(self, model: EfficientNet) -> Dict[str, np.ndarray]:
         """The tensors under `model`'s key names (see `to_our_keys`)."""
-        if not isinstance(model, EfficientNet):
-            raise LayoutError(f"{source}: PyTorch / safetensors weights import into EfficientNet, EfficientNetV2 and "
-                              f"EfficientNet-Lite models, not {type(model).__name__}")
         return to_our_keys(model, self.layout, self.state)
 
 

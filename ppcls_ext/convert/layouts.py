@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import UserError
 from ..models.efficientnet import EFFICIENTNET_SCALING, EfficientNet, FusedMBConv, _MobileBlock
 from ..models.layers import make_divisible
 from .numerics import Numerics
@@ -32,7 +33,7 @@ ModulePairs = List[Tuple[str, str]]  # (their module path, our module path)
 LEAF_NAMES = {"weight": "weight", "bias": "bias", "_mean": "running_mean", "_variance": "running_var"}
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """A checkpoint whose layout is unknown, or that cannot be mapped onto the model."""
 
 

@@ -1,6 +1,6 @@
-"""The numerics a set of weights was trained with - padding of the strided convolutions and batch-norm
-epsilon - which the EfficientNet families take as build options (`padding`, `bn_epsilon`), and their
-record in a `.pdparams` file, so that whoever loads the file later builds the model the same way.
+"""The record, in a `.pdparams` file, of the numerics a set of weights was trained with (`models.numerics`:
+padding of the strided convolutions and batch-norm epsilon, which the EfficientNet families take as build
+options `padding`, `bn_epsilon`), so that whoever loads the file later builds the model the same way.
 
 The activation is not among them: every implementation we import from uses the one of the model it
 matches by its keys (SiLU for EfficientNet and V2, ReLU6 for EfficientNet-Lite, the only ones without
@@ -9,29 +9,14 @@ squeeze-excite), so weights of the other kind fail to load instead of computing 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
 from ..models.layers import PADDING_MODES
+from ..models.numerics import Numerics
 from ..safe_pickle import describe
 
 #: entry of a `.pdparams` (and of a checkpoint's `.pdstates`) that records the numerics; not a tensor
 NUMERICS_KEY = "SourceNumerics@@"
-
-
-@dataclass(frozen=True)
-class Numerics:
-    """padding: "same" (TensorFlow's) or "symmetric" (PyTorch's k // 2); bn_epsilon: the batch norms'."""
-
-    padding: str
-    bn_epsilon: float
-
-    def describe(self) -> str:
-        return f"padding={self.padding}, bn_epsilon={self.bn_epsilon:g}"
-
-    def options(self) -> Dict[str, object]:
-        """As keyword options of `create_model` / an `Arch` section."""
-        return {"padding": self.padding, "bn_epsilon": self.bn_epsilon}
 
 
 def numerics_entry(numerics: Numerics, origin: Optional[str] = None) -> Dict[str, object]:

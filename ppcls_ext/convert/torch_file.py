@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..errors import UserError
 from ..safe_load import PADDLE_GLOBALS, as_plain, dimensions, read_whole_file
 from ..safe_pickle import Budget, Constructor, PickleDataError, PickleReader, UnsafePickleError, describe, read_pickle
 
@@ -39,7 +40,7 @@ STORAGE_DTYPES = {
 }
 
 
-class TorchFileError(ValueError):
+class TorchFileError(UserError, ValueError):
     """A file that is not a PyTorch checkpoint or safetensors file this reader understands."""
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from paddle.io import Dataset, get_worker_info
 
 from ..config import ConfigError, string
+from ..errors import UserError
 from .registries import DATASETS
 
 logger = logging.getLogger("ppcls_ext")
@@ -18,7 +19,7 @@ logger = logging.getLogger("ppcls_ext")
 MAX_UNREADABLE_IN_A_ROW = 10
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Image data that stops a run: an unreadable image in evaluation (which counts every image), or a
     training set whose images keep failing to load. The message names the label file, line and image."""
 

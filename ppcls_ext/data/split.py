@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
 from ..config import ConfigError
+from ..output_paths import WriteError
 from .image_folder import FolderImage, class_map_text, scan_image_folder, write_text_file
 
 PARTS = ("train", "val", "test")
@@ -89,13 +90,16 @@ def list_text(images: Sequence[FolderImage]) -> str:
 
 def write_split(split: Split, save_dir: str) -> List[str]:
     """Write the label file of each part that has images, and the class map, into `save_dir` (each file
-    whole or not at all); returns their paths."""
-    os.makedirs(save_dir, exist_ok=True)
+    whole or not at all); returns their paths. A failure is a WriteError naming the folder and the reason."""
     written = []
-    for part in PARTS:
-        if split.parts[part]:
-            written.append(os.path.join(save_dir, LIST_FILES[part]))
-            write_text_file(written[-1], list_text(split.parts[part]))
-    written.append(os.path.join(save_dir, CLASS_MAP_FILE))
-    write_text_file(written[-1], class_map_text(split.classes))
+    try:
+        os.makedirs(save_dir, exist_ok=True)
+        for part in PARTS:
+            if split.parts[part]:
+                written.append(os.path.join(save_dir, LIST_FILES[part]))
+                write_text_file(written[-1], list_text(split.parts[part]))
+        written.append(os.path.join(save_dir, CLASS_MAP_FILE))
+        write_text_file(written[-1], class_map_text(split.classes))
+    except OSError as error:
+        raise WriteError(f"cannot write the split into {save_dir}: {error.strerror or error}") from error
     return written

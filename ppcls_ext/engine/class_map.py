@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..config import ConfigError
 from ..data.image_folder import class_map_text, folder_classes, write_text_file
 from ..data.split import CLASS_MAP_FILE
+from ..serving.postprocess import read_label_names, resolve_label_file
 from .log import logger
-from .postprocess import read_label_names, resolve_label_file
 
 FOLDER_DATASET = "ImageFolderDataset"
 

@@ -3,8 +3,8 @@ trained / evaluated / exported model out, on one process or many (`paddle.distri
 
 `Engine` is a facade: it wires the rooms that do the work (`wiring` set-up, the `front` that the `Arch`
 section builds - one classifier, or PaddleClas's DistillationModel - with the `task` a training step calls,
-the `trainer` loop, the `evaluator`, the `amp` policy, the training `state` and its `run_checkpoints`,
-`serving` for inference and export) and runs an epoch from them."""
+the `trainer` loop, the `evaluator`, the `amp` policy, the training `state` and its `run_checkpoints`;
+inference and export are `ppcls_ext.serving.modes`, shared with deployment) and runs an epoch from them."""
 from __future__ import annotations
 
 import os
@@ -17,7 +17,9 @@ import paddle.distributed as dist
 from .. import cpu_env, interrupts
 from ..config import section
 from ..data.loader import WorkerSeeder, build_dataloader, train_pipeline
+from ..errors import NonFiniteError
 from ..output_paths import ensure_directory
+from ..serving.modes import classify_images, export_model, infer_transforms
 from . import wiring
 from .amp import AmpPolicy
 from .ema import ModelEMA
@@ -26,12 +28,11 @@ from .evaluator import Evaluator
 from .front import build_front
 from .log import ScalarWriter, init_logger, logger
 from .losses import build_loss
-from .nonfinite import LossWatch, NonFiniteError, describe_nonfinite_weights
+from .nonfinite import LossWatch, describe_nonfinite_weights
 from .optim import build_lr_schedule, build_optimizer
 from .progressive import KNOBS, apply_stage, build_schedule
 from .run_checkpoints import RunCheckpoints
 from .run_lock import hold_output_folder
-from .serving import classify_images, export_model, infer_transforms
 from .state import TrainingState
 from .trainer import Trainer
 from .wiring import MODES, build_model
@@ -243,7 +244,7 @@ class Engine:
         return self.evaluate(self.net, epoch=0)
 
     def infer_transforms(self) -> List[Any]:
-        """The preprocessing of inference and of the export's inference.yml (see `serving.infer_transforms`)."""
+        """The preprocessing of inference and of the export's inference.yml (see `serving.modes.infer_transforms`)."""
         return infer_transforms(self.config)
 
     def infer(self, json_path: Optional[str] = None) -> List[dict]:

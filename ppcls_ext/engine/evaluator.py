@@ -11,9 +11,9 @@ import paddle.distributed as dist
 
 from ..data.dataset import DataError
 from ..data.device_normalize import batch_normalizer
+from ..errors import NonFiniteError
 from .amp import AmpPolicy
 from .log import AverageMeter, epoch_line, logger
-from .nonfinite import NonFiniteError
 from .rank_agreement import agreed_batches
 
 

@@ -12,10 +12,6 @@ import paddle
 import paddle.distributed as dist
 
 
-class NonFiniteError(RuntimeError):
-    """Training diverged, or weights or model outputs are NaN/Inf; the message is one line for the user."""
-
-
 def nonfinite_tensors(state: Mapping[str, paddle.Tensor]) -> List[str]:
     """Names of the floating-point tensors of `state` holding a NaN or Inf (one transfer for all)."""
     names = [name for name, tensor in state.items() if paddle.is_floating_point(tensor)]

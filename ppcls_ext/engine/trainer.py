@@ -11,11 +11,12 @@ import paddle.distributed as dist
 
 from ..data.device_normalize import batch_normalizer
 from ..data.loader import WorkerSeeder
+from ..errors import NonFiniteError
 from .amp import AmpPolicy
 from .ema import ModelEMA
 from .log import AverageMeter, ScalarWriter, epoch_line, logger, train_line
 from .metrics import RunningMeans
-from .nonfinite import LossWatch, NonFiniteError, divergence_message, nonfinite_tensors
+from .nonfinite import LossWatch, divergence_message, nonfinite_tensors
 from .rank_agreement import agreed_batches
 from .state import TrainingState
 from .task import gradient_sync

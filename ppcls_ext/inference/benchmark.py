@@ -12,10 +12,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import paddle
 
-from ..engine.export import export_inference_model, inference_config
 from ..models.deploy import deploy_form
 from ..registry import create_model, get_model_config
 from ..report import markdown_table
+from ..serving.export import export_inference_model, inference_config
 from ..timing import SETTLE_SECONDS, alternate, median_ms, percentile_ms, time_calls
 from ..weights import randomize_
 from .options import InferenceOptions

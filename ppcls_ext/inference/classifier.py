@@ -13,9 +13,10 @@ import yaml
 
 from ..config import ConfigError, read_yaml_file
 from ..data.transforms import build_transforms
-from ..engine.export import deploy_transforms
-from ..engine.postprocess import Topk
-from ..engine.predict import classify_files
+from ..errors import UserError
+from ..serving.export import deploy_transforms
+from ..serving.postprocess import Topk
+from ..serving.predict import classify_files
 from ..timing import SETTLE_SECONDS, alternate, median_ms
 from .int8_model import INT8_BACKEND, INT8_FILE, int8_model_file
 from .onnx_backend import OnnxPredictor
@@ -27,7 +28,7 @@ logger = logging.getLogger("ppcls_ext")
 DESCRIPTION_FILE = "inference.yml"
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export that cannot be loaded (a file cut short, overwritten or not an export); the message
     names the folder and quotes the backend's error."""
 

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from ..config import ConfigError
+from ..errors import UserError
 
 Shape = Tuple[int, int, int, int]
 BACKENDS = ("paddle", "onnxruntime", "auto")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(UserError, RuntimeError):
     """A deployment request this installation cannot serve (e.g. TensorRT on a CPU build of Paddle);
     the message says what is needed."""
 

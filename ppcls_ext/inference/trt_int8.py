@@ -9,7 +9,7 @@ factors detected" and the converter asserts "Failed to build engine". So int8 wi
 here, before anything is built, unless the program holds those ops.
 
 Calibration (legacy exports) reads `calibration_batches` batches from `tensorrt.calibration_data` with
-ppcls_ext.quant.calibration, every batch at the engine's opt shape: Paddle sizes its calibration buffers from
+ppcls_ext.data.calibration, every batch at the engine's opt shape: Paddle sizes its calibration buffers from
 the first batch it sees (tensorrt_engine_op.h `RunCalibration`: `calib_buffers[x] = t.memory_size()`,
 `runtime_batch = t_shape[0]`) and copies that many bytes from every later batch (trt_int8_calibrator.cc
 `setBatch`: `cudaMemcpy(d.first, it.second, d.second, ...)`), and TensorRT calibrates a dynamic-shape engine
@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from ..config import ConfigError, load_config
-from ..quant.calibration import calibration_batches, fingerprint
+from ..data.calibration import calibration_batches, fingerprint
 from .options import DeploymentError, TensorRTOptions
 
 #: op types that carry int8 scales: Paddle's QDQ format, and the older fake-quant / out_threshold forms

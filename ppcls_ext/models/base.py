@@ -13,6 +13,7 @@ import paddle.nn as nn
 from paddle.nn.initializer.lazy_init import lazy_init_helper
 
 from .layers import build_format
+from .numerics import Numerics
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Layer])
 
@@ -367,7 +368,12 @@ class ImageClassifier(PaddleClasBackbone, nn.Layer):
     #: Weights are layout-free: checkpoints and outputs are unchanged.
     data_format = "NCHW"
 
-    # --- checkpoints written by PaddleClas -------------------------------------------------------------
+    # --- numerics and checkpoints written by PaddleClas ----------------------------------------------
+
+    def numerics(self) -> Optional[Numerics]:
+        """The numerics the model was built with, which its weights must match (see `numerics.py`); None
+        for a model that takes no such build options."""
+        return None
 
     def paddleclas_key_map(self) -> Dict[str, str]:
         """PaddleClas state-dict key -> our key, for the same architecture built by PaddleClas."""

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Collection, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
+from ..errors import InternalError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: (x - 0.5) / 0.5 per channel, EfficientNetV2's input (PaddleClas's and the official code's)
@@ -42,8 +44,9 @@ def tf_crop_pct(size: int) -> float:
     return size / (size + CROP_PADDING)
 
 
-class DeclarationError(ValueError):
-    """A family's row for a variant is incomplete or invalid; raised where the family is declared."""
+class DeclarationError(InternalError, ValueError):
+    """A family's row for a variant is incomplete or invalid; raised where the family is declared (a mistake in
+    the code, so it keeps its traceback)."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .declaration import (IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, PADD
                           tf_crop_pct)
 from .layers import (ActLayer, ConvBNAct, DropPath, PaddingMode, SiLU, SqueezeExcite, global_avg_pool, make_divisible,
                      round_repeats)
+from .numerics import Numerics
 from .recompute import RecomputeOption, recompute_stages, run_recomputed
 
 
@@ -126,7 +127,7 @@ class EfficientNet(ImageClassifier):
         recompute: RecomputeOption = False,
     ):
         super().__init__()
-        # the numerics the weights are trained with; checkpoints record them (ppcls_ext.weights.numerics_record)
+        # the numerics the weights are trained with (`numerics()`); checkpoints record them (weights.numerics_record)
         self.padding, self.bn_epsilon = padding, float(bn_epsilon)
         conv = partial(ConvBNAct, padding=padding, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, act_layer=act_layer)
         self.stage_specs = tuple(stages)
@@ -150,6 +151,9 @@ class EfficientNet(ImageClassifier):
         self.num_features = head_channels
         self.classifier = nn.Linear(head_channels, class_num) if class_num else nn.Identity()
         self.apply(_init_weights)
+
+    def numerics(self) -> Numerics:
+        return Numerics(self.padding, self.bn_epsilon)
 
     def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
         x = self.stem(x)

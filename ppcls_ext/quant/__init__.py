@@ -1,3 +1,5 @@
-"""Post-training int8 quantization: calibration images (`calibration`, shared with TensorRT's int8
-calibration), and PaddleClas's `deploy/slim/quant_post_static.py`. Submodules are imported by name, so that
-deployment code reading calibration images loads nothing of the quantizer."""
+"""Post-training int8 quantization, PaddleClas's `deploy/slim/quant_post_static.py` (`post_static`): ONNX Runtime's
+static quantization of an export, an accuracy gate on held-out images, per-layer sensitivity, honest timing. It
+uses the engine (to export first, when asked) and the deployment package (its backends serve the result);
+the calibration images it reads come from `ppcls_ext.data.calibration`, which TensorRT's int8 calibration reads
+too. Its command line is `ppcls_ext.cli.quant_post_static`."""

@@ -15,19 +15,19 @@ import json
 import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..config import ConfigError, boolean, check_values, closest, dump_yaml, integer, load_config, number, section
+from ..config import ConfigError, boolean, check_values, closest, dump_yaml, integer, number, section
+from ..data.calibration import fingerprint, image_set, load_images
+from ..errors import UserError
 from ..inference.classifier import read_description
 from ..inference.int8_model import INT8_FILE, SECTION
 from ..inference.onnx_backend import ONNX_FILE, export_onnx
 from ..inference.paddle_backend import PARAMS_FILE, PROGRAM_FILES
 from ..output_paths import ensure_directory, replace_directory
-from .calibration import fingerprint, image_set, load_images
 from .gate import Agreement, Budget, compare, probabilities
 from .onnx_int8 import DEFAULT_OP_TYPES, OnnxRunner, QuantSettings, Quantizer
 from .report import write_reports
@@ -73,9 +73,9 @@ SETTINGS = {
 }
 
 
-class BudgetNotMet(Exception):
+class BudgetNotMet(UserError):
     """The int8 model cannot be brought within the budget (exit status 2); `ranking` holds the table of
-    layers by damage for the user."""
+    layers by damage, which the command line prints on stdout."""
 
     def __init__(self, message: str, ranking: str):
         super().__init__(message)
@@ -256,24 +256,3 @@ def _write_yaml(path: str, data: Mapping[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(dump_yaml(json.loads(json.dumps(data))))
 
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """deploy/slim/quant_post_static.py: exit status 0 when the int8 folder is written; 2 with one line on stderr
-    for a bad config, too few images or a budget that cannot be met (the layer ranking on stdout)."""
-    from ..cli import USER_ERRORS, error_line, parse_args
-    from ..engine.log import init_logger
-    from ..inference.classifier import ExportError
-    from ..inference.options import DeploymentError
-
-    args = parse_args("quant_post_static", argv)
-    init_logger()
-    try:
-        quantize(load_config(args.config, args.override))
-    except BudgetNotMet as refusal:
-        print(refusal.ranking, flush=True)
-        print(f"error: {refusal}", file=sys.stderr)
-        return 2
-    except USER_ERRORS + (DeploymentError, ExportError) as error:
-        print(f"error: {error_line(error)}", file=sys.stderr)
-        return 2
-    return 0

@@ -12,7 +12,7 @@ another height or width is resized to it (bilinear; resizing commutes with the p
 so this equals resizing before NormalizeImage); without it, or with another channel count, mixed shapes
 are a DataError naming two files that differ.
 
-Nothing here imports the training engine: deployment code (TensorRT calibration) uses it too.
+It sits in the data layer: the int8 tool (`ppcls_ext.quant`) and deployment (TensorRT calibration) both read it.
 """
 from __future__ import annotations
 

@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..config import ConfigError
-from .split import CLASS_MAP_FILE, LIST_FILES, split_image_folder, write_split
+from ..data.split import CLASS_MAP_FILE, LIST_FILES, split_image_folder, write_split
+from ..errors import REPORTED
+from .boundary import report
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -29,12 +30,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         split = split_image_folder(args.dataset_dir, args.val_value, args.test_value, args.seed)
         written = write_split(split, args.save_dir or args.dataset_dir)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"error: cannot write the split into {args.save_dir or args.dataset_dir}: {error.strerror}", file=sys.stderr)
-        return 2
+    except REPORTED as error:
+        return report(error)
     for name, part in split.short:
         print(f"warning: class {name!r} has too few images to hold one out for {LIST_FILES[part]}", file=sys.stderr)
     spaced = [image.path for images in split.parts.values() for image in images if any(c.isspace() for c in image.path)]

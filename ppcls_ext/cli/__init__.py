@@ -1,21 +1,23 @@
-"""Command lines of tools/*.py, PaddleClas-style: `-c CONFIG -o KEY.PATH=VALUE ...`."""
+"""The command lines, and the layer they live in: every argument parser and every error boundary of
+ppcls_ext is here, and nothing below imports this package (tests/test_layering.py). The scripts in tools/
+and deploy/ only call a `main` of it.
+
+This module is tools/train.py, eval.py, infer.py and export_model.py, PaddleClas-style: `-c CONFIG -o
+KEY.PATH=VALUE ...`. The others: `predict_cls` (deploy/python/predict_cls.py), `quant_post_static`
+(deploy/slim/quant_post_static.py), `benchmark` (deploy/python/benchmark.py), `convert_weights`,
+`split_dataset`, `gpu_check`, `model_zoo`, `make_demo_data` (tools/<name>.py). Errors are reported by
+`boundary.report` (one line; exit statuses in `ppcls_ext.errors`)."""
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
-from .config import ConfigError, load_config
-from .data.dataset import DataError
-from .interrupts import Interrupted, raise_pending, signal_name, stop_on_signals
-from .output_paths import WriteError, check_writable_file
-from .weights import IncompatibleWeightsError, WeightsDownloadError
-
-#: errors caused by the user's input (config, paths, data, weights) or its outputs (a full disk, a file-size
-#: limit, a read-only folder): one line on stderr, exit status 2
-USER_ERRORS = (ConfigError, FileNotFoundError, IncompatibleWeightsError, WeightsDownloadError, DataError, WriteError)
-#: training diverged, or weights / model outputs hold NaN or Inf: one line on stderr
-NONFINITE_EXIT_STATUS = 3
+from ..config import load_config
+from ..errors import REPORTED
+from ..interrupts import Interrupted, raise_pending, signal_name, stop_on_signals
+from ..output_paths import check_writable_file
+from .boundary import report, report_failures
 
 DESCRIPTIONS = {
     "train": "Train a model (use `python -m paddle.distributed.launch` for several processes/devices).",
@@ -37,27 +39,6 @@ def parse_args(mode: str, argv: Optional[List[str]] = None) -> argparse.Namespac
     return parser.parse_args(argv)
 
 
-def error_line(error: BaseException) -> str:
-    """The message of a user error as one line. An error re-raised from a DataLoader worker carries the
-    worker's traceback in its message; its last line is the error itself."""
-    text = str(error).strip()
-    if "Traceback (most recent call last)" in text:
-        text = text.splitlines()[-1].split(": ", 1)[-1]
-    return text
-
-
-def report_failures(results: Sequence[dict]) -> int:
-    """Print 'N of M images failed' on stderr when any image failed (its result is an 'error' entry);
-    the exit status: 2 when every image failed, else 0."""
-    failed = sum("error" in result for result in results)
-    if not failed:
-        return 0
-    every = failed == len(results)
-    print(f"{'error' if every else 'warning'}: {failed} of {len(results)} images failed (see their 'error' entries)",
-          file=sys.stderr)
-    return 2 if every else 0
-
-
 def interrupted_line(stop: Interrupted, engine) -> str:
     """The line that ends an interrupted run: for training, the checkpoint to resume from."""
     checkpoints = getattr(engine, "checkpoints", None)
@@ -65,13 +46,13 @@ def interrupted_line(stop: Interrupted, engine) -> str:
 
 
 def main(mode: str, argv: Optional[List[str]] = None) -> int:
-    """Run one tool; errors in the user's input are reported in one line (exit status 2), not a traceback;
-    Ctrl-C and SIGTERM stop it in one line too (exit status 130, 143)."""
+    """Run one tool; errors in the user's input are reported in one line (exit status 2; 3 for NaN/Inf),
+    not a traceback; Ctrl-C and SIGTERM stop it in one line too (exit status 130, 143)."""
     args = parse_args(mode, argv)
     engine = None
     with stop_on_signals():
         try:
-            from .engine import Engine  # imported here so that --help stays fast
+            from ..engine import Engine  # imported here so that --help stays fast
 
             if getattr(args, "json", None) not in (None, "-"):
                 check_writable_file(args.json, "--json")
@@ -88,14 +69,6 @@ def main(mode: str, argv: Optional[List[str]] = None) -> int:
         except Interrupted as stop:
             print(interrupted_line(stop, engine), file=sys.stderr)
             return stop.exit_status
-        except USER_ERRORS as error:
-            print(f"error: {error_line(error)}", file=sys.stderr)
-            return 2
-        except Exception as error:
-            from .engine.nonfinite import NonFiniteError
-
-            if not isinstance(error, NonFiniteError):
-                raise
-            print(f"error: {error_line(error)}", file=sys.stderr)
-            return NONFINITE_EXIT_STATUS
+        except REPORTED as error:
+            return report(error)
     return 0

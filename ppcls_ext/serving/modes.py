@@ -1,8 +1,10 @@
-"""tools/infer.py and tools/export_model.py behind the engine: the `Infer` section's transforms and
-post-processing, classification of image files with a dygraph model, and the Paddle Inference export."""
+"""tools/infer.py and tools/export_model.py on a dygraph model, as a training config asks: the `Infer`
+section's transforms and post-processing, classification of image files, and the Paddle Inference export
+with the `Global` export keys. The engine calls them with the model it built."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Dict, List, Mapping, Optional
 
 import paddle
@@ -13,9 +15,10 @@ from ..data.transforms import build_transforms
 from ..models.deploy import deploy_form
 from ..output_paths import write_file_atomically
 from .export import EXPORT_FORMATS, deploy_transforms, export_inference_model, inference_config
-from .log import logger
 from .postprocess import Topk
 from .predict import classify_files, collect_images, dygraph_runner
+
+logger = logging.getLogger("ppcls_ext")
 
 
 def infer_transforms(config: Mapping[str, Any], model_name: Optional[str] = None) -> List[Any]:

@@ -8,13 +8,14 @@ import logging
 import sys
 from typing import Any, Dict, List, Mapping, Optional
 
-from ..cli import USER_ERRORS, error_line, report_failures
 from ..config import boolean, check_sections, check_values, closest, integer, load_config, section
-from ..engine.predict import collect_images
+from ..errors import REPORTED
+from ..inference.classifier import DeployedClassifier
+from ..inference.options import options_from_config
 from ..interrupts import Interrupted, signal_name, stop_on_signals
 from ..output_paths import check_writable_file, write_file_atomically
-from .classifier import DeployedClassifier, ExportError
-from .options import DeploymentError, options_from_config
+from ..serving.predict import collect_images
+from .boundary import report, report_failures
 
 logger = logging.getLogger("ppcls_ext")
 
@@ -53,9 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         except Interrupted as stop:
             print(f"interrupted by {signal_name(stop.signum)}", file=sys.stderr)
             return stop.exit_status
-        except USER_ERRORS + (DeploymentError, ExportError) as error:
-            print(f"error: {error_line(error)}", file=sys.stderr)
-            return 2
+        except REPORTED as error:
+            return report(error)
     return report_failures(results)
 
 

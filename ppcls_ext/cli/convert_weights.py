@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import List, Optional
 
 import numpy as np
 import paddle
 
-from ..output_paths import WriteError, replaced_atomically
-from ..registry import UnknownModelError, create_model
-from ..weights import IncompatibleWeightsError, WeightsDownloadError, model_numerics, numerics_record, read_weights_file
+from ..errors import REPORTED
+from ..output_paths import replaced_atomically
+from ..registry import create_model
+from ..weights import IncompatibleWeightsError, model_numerics, numerics_record, read_weights_file
+from .boundary import report
 
 
 def _save_atomically(state: dict, path: str) -> None:
@@ -54,7 +55,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(convert(args.source, args.model, args.output, args.origin, args.class_num, args.sha256))
-    except (IncompatibleWeightsError, WeightsDownloadError, FileNotFoundError, UnknownModelError, ValueError, WriteError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except REPORTED + (ValueError,) as error:  # a ValueError: create_model refusing an option (--class-num -1)
+        return report(error)
     return 0

@@ -7,7 +7,7 @@ import sys
 from typing import List, Optional
 
 from ..output_paths import WriteError, write_file_atomically
-from . import COMMAND, rendered, stale
+from ..zoo_configs import COMMAND, rendered, stale
 
 
 def main(argv: Optional[List[str]] = None) -> int:
