@@ -1,7 +1,9 @@
 """Shared helpers: PaddleClas reference models and weight randomisation."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 
 import numpy as np
 import paddle
@@ -113,3 +115,16 @@ def run_main(main, argv, capsys):
     out, err = capsys.readouterr()
     assert "Traceback" not in err + out
     return status, out, err
+
+
+@pytest.fixture(scope="module")
+def graph():
+    """tools/module_graph.py as a module: the one reader of the import graph, for the layering and docs tests."""
+    spec = importlib.util.spec_from_file_location("module_graph", os.path.join(REPO, "tools", "module_graph.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]

@@ -270,19 +270,6 @@ def test_named_modules_and_attributes_exist(page):
 
 # ------------------------------------------------------------------------------------------- the module graph
 
-@pytest.fixture(scope="module")
-def graph():
-    """tools/module_graph.py as a module."""
-    spec = importlib.util.spec_from_file_location("module_graph", REPO / "tools" / "module_graph.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
-
-
 def test_architecture_page_has_the_generated_part(graph):
     text = page_text(REPO / "docs" / "architecture.md")
     assert text.count(graph.BEGIN_MARK) == 1 and text.count(graph.END_MARK) == 1

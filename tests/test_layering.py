@@ -5,7 +5,6 @@ modules; the exceptions kept on purpose (DELIBERATE) are real imports, lazy, and
 are explained in docs/architecture.md."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from typing import Dict, Set
@@ -15,19 +14,6 @@ import pytest
 from conftest import REPO
 
 GRAPH_TOOL = f"{REPO}/tools/module_graph.py"
-
-
-@pytest.fixture(scope="module")
-def graph():
-    """tools/module_graph.py as a module (the one reader of the import graph)."""
-    spec = importlib.util.spec_from_file_location("module_graph", GRAPH_TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 @pytest.fixture(scope="module")
