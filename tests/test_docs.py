@@ -393,16 +393,28 @@ def accepted():
     }
 
 
+def _sectioned_key_error(key: str, sections, global_keys, nested: Dict[str, Tuple[object, str]], tool: str) -> Optional[str]:
+    """Why `key` is not a key of a tool whose config has `sections`, `Global` keys `global_keys` and, under a
+    Global key named in `nested`, the sub-keys given there (with the words for them), or None."""
+    parts = key.split(".")
+    if parts[0] not in sections:
+        return f"section {parts[0]!r} is not one of {sorted(sections)}"
+    if parts[0] == "Global" and len(parts) > 1:
+        if parts[1] not in global_keys:
+            return f"Global.{parts[1]} is not a Global key of {tool}"
+        sub_keys, words = nested.get(parts[1], (None, ""))
+        if sub_keys is not None and len(parts) > 2 and parts[2] not in sub_keys:
+            return f"Global.{parts[1]}.{parts[2]} is not a {words}"
+    return None
+
+
 def training_key_error(key: str, keys: Dict[str, object]) -> Optional[str]:
     """Why a training config (tools/*.py, deploy/slim) does not accept `key`, or None."""
+    error = _sectioned_key_error(key, keys["train_sections"], keys["train_global"],
+                                 {"progressive": (keys["progressive"], "progressive-learning key")}, "the tools")
+    if error:
+        return error
     parts = key.split(".")
-    if parts[0] not in keys["train_sections"]:
-        return f"section {parts[0]!r} is not one of {sorted(keys['train_sections'])}"
-    if parts[0] == "Global" and len(parts) > 1:
-        if parts[1] not in keys["train_global"]:
-            return f"Global.{parts[1]} is not a Global key of the tools"
-        if parts[1] == "progressive" and len(parts) > 2 and parts[2] not in keys["progressive"]:
-            return f"Global.progressive.{parts[2]} is not a progressive-learning key"
     if parts[0] == "Slim" and len(parts) > 1:
         if ".".join(parts[:2]) != keys["quant_section"] or (len(parts) > 2 and parts[2] not in keys["quant"]):
             return f"{key} is not a {keys['quant_section']} setting"
@@ -413,15 +425,8 @@ def training_key_error(key: str, keys: Dict[str, object]) -> Optional[str]:
 
 def deploy_key_error(key: str, keys: Dict[str, object]) -> Optional[str]:
     """Why deploy/python/predict_cls.py's config does not accept `key`, or None."""
-    parts = key.split(".")
-    if parts[0] not in keys["deploy_sections"]:
-        return f"section {parts[0]!r} is not one of {sorted(keys['deploy_sections'])}"
-    if parts[0] == "Global" and len(parts) > 1:
-        if parts[1] not in keys["deploy_global"]:
-            return f"Global.{parts[1]} is not a Global key of predict_cls.py"
-        if parts[1] == "tensorrt" and len(parts) > 2 and parts[2] not in keys["tensorrt"]:
-            return f"Global.tensorrt.{parts[2]} is not a TensorRT setting"
-    return None
+    return _sectioned_key_error(key, keys["deploy_sections"], keys["deploy_global"],
+                                {"tensorrt": (keys["tensorrt"], "TensorRT setting")}, "predict_cls.py")
 
 
 def overrides(page: Path) -> Iterator[Tuple[int, str, str]]:

@@ -28,6 +28,7 @@ import numpy as np
 from ..config import ConfigError, section, single_entry
 from ..data.dataset import DataError, read_label_file, to_chw
 from ..data.image_files import walk_images
+from ..data.image_io import read_image_file
 from ..data.transforms import build_transforms
 
 logger = logging.getLogger("ppcls_ext")
@@ -89,11 +90,7 @@ def image_set(source: Source, transforms: Optional[Sequence[Any]] = None) -> Ima
 def _read(images: ImageSet, index: int) -> np.ndarray:
     path = images.files[index]
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if not data:
-            raise ValueError("the file is empty")
-        array = to_chw(np.asarray(images.transform(data)))
+        array = to_chw(np.asarray(images.transform(read_image_file(path))))
     except Exception as error:  # decoders and ops raise many types; re-raised naming the file
         raise DataError(f"{images.where}: calibration image {path} cannot be read: {error}") from error
     if array.ndim != 3:

@@ -11,6 +11,7 @@ from paddle.io import Dataset, get_worker_info
 
 from ..config import ConfigError, string
 from ..errors import UserError
+from .image_io import read_image_file
 from .registries import DATASETS
 
 logger = logging.getLogger("ppcls_ext")
@@ -149,10 +150,7 @@ class ImageNetDataset(Dataset):
         """The transformed image at `index`; errors name the file."""
         path = self.images[index]
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-            if not data:
-                raise ValueError("the file is empty")
+            data = read_image_file(path)
             image = self.transform(data) if self.transform is not None else np.frombuffer(data, dtype=np.uint8)
         except Exception as error:  # decoding and augmentation raise many types; re-raised with the file
             raise ValueError(f"{path}: {error}") from error

@@ -92,6 +92,16 @@ class JpegFrame(NamedTuple):
     complete: bool
 
 
+def read_image_file(path: str) -> bytes:
+    """The bytes of an image file, for `decode_image`; an empty file is a ValueError ("the file is empty")
+    rather than a decoder's vaguer complaint."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise ValueError("the file is empty")
+    return data
+
+
 def image_format(header: bytes) -> Optional[str]:
     """The format whose signature `header` (a file's first SIGNATURE_BYTES bytes) starts with, among those
     `decode_image` reads; None for anything else. Checks the file type only, not that the pixels decode."""

@@ -10,6 +10,7 @@ import paddle.nn.functional as F
 
 from ..config import ConfigError
 from ..data.image_files import walk_images
+from ..data.image_io import read_image_file
 from .postprocess import Topk
 
 
@@ -47,11 +48,7 @@ def classify_files(run_batch: Callable[[np.ndarray], np.ndarray], files: Sequenc
         images, errors = {}, {}
         for path in chunk:
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
-                if not data:
-                    raise ValueError("the file is empty")
-                images[path] = transform(data)
+                images[path] = transform(read_image_file(path))
             except Exception as error:  # any decode/transform failure is reported for that file only
                 errors[path] = f"{type(error).__name__}: {error}"
         results = {}
